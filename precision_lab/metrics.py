@@ -62,7 +62,7 @@ def ulp_distance(a: np.ndarray, b: np.ndarray, fmt: "str | Format") -> np.ndarra
 
     Values are first converted to ``fmt`` (pass arrays already in that format).  Correct
     across the sign boundary (+0 and -0 are the same point) and for values far apart: the
-    largest distance, -inf to +inf in float64, is 2**64 - 2**53 + 2, which fits in uint64.
+    largest distance, -inf to +inf in float64, is 2**64 - 2**53, which fits in uint64.
     Pairs involving NaN give :data:`NO_DISTANCE`.
     """
     f = get_format(fmt)
