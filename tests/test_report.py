@@ -1,0 +1,98 @@
+"""report.write_report on a tiny synthetic results folder."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from precision_lab.report import fmt_pct, fmt_rate, write_report
+
+
+def _png(path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(2, 1.5), dpi=50)
+    ax.plot([0, 1], [1, 0])
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _row(point, scale, impl, fmt, n_finite, exact, n_overflow=0, umax=0.5):
+    return {"point": point, "scale": scale, "implementation": impl, "format": fmt,
+            "count": n_finite + n_overflow, "exact_match_rate": exact / n_finite if n_finite else None,
+            "ulp_error_mean": 0.3, "ulp_error_median": 0.25, "ulp_error_p90": 0.45,
+            "ulp_error_p99": 0.5, "ulp_error_max": umax, "bits_mean": 0.1,
+            "n_finite": n_finite, "n_inf_match": 0, "n_overflow": n_overflow, "n_nan": 0,
+            "n_missed_inf": 0, "n_undefined": 0}
+
+
+@pytest.fixture()
+def folder(tmp_path: Path) -> Path:
+    d = tmp_path / "scale_sweep"
+    (d / "plots").mkdir(parents=True)
+    _png(d / "plots" / "ulp_error_vs_scale.png")
+    _png(d / "plots" / "overflow_rate.png")
+    manifest = {
+        "config": {"name": "scale_sweep", "question": "Where does naive overflow in float16?",
+                   "description": "Logits scaled by s."},
+        "config_sha256": "ab" * 32, "versions": {"torch": "2.13.0", "numpy": "2.0"},
+        "cpu_capability": "AVX512", "platform": "Linux-x86_64", "seed": 0,
+        "git_commit": "deadbeef", "status": "complete",
+    }
+    (d / "manifest.json").write_text(json.dumps(manifest))
+    summary = [
+        _row(0, 8.0, "naive", "float16", 500, 400),
+        _row(1, 12.0, "naive", "float16", 453, 300, n_overflow=47, umax=7.25),
+        _row(0, 8.0, "lse_log1p", "float16", 500, 497),
+        _row(1, 12.0, "lse_log1p", "float16", 500, 496),
+    ]
+    (d / "summary.json").write_text(json.dumps(summary))
+    agreement = [{"point": 0, "scale": 8.0, "format": "float16", "a": "naive", "b": "lse_log1p",
+                  "identical_rate": 0.8, "ulp_distance_mean": 0.2, "ulp_distance_max": 3, "count": 500}]
+    (d / "agreement.json").write_text(json.dumps(agreement))
+    return d
+
+
+def test_report_html_is_self_contained_and_findings_carry_numbers(folder: Path) -> None:
+    md, ht = write_report(folder)
+    assert md == folder / "report.md" and ht == folder / "report.html"
+    h = ht.read_text()
+    imgs = re.findall(r"<img\b[^>]*>", h)
+    assert len(imgs) == 2
+    for tag in imgs:
+        m = re.search(r'src="data:image/png;base64,([^"]+)"', tag)
+        assert m, tag[:80]
+        raw = base64.b64decode(m.group(1), validate=True)
+        assert raw.startswith(b"\x89PNG\r\n\x1a\n")
+    # the question and provenance come from the manifest
+    assert "Where does naive overflow in float16?" in h
+    assert "ab" * 32 in h and "AVX512" in h and "deadbeef" in h
+    # findings carry numbers from the data
+    assert "lse_log1p is correctly rounded on 99.3% (993/1000)" in h
+    assert "naive overflows to inf on 47 of 1000 float16 samples; first at scale = 12 (none at scale = 8)" in h
+    assert "7.25 ULP (naive)" in h
+    assert "bit-identical on 80.0% (400/500)" in h
+    text = md.read_text()
+    assert "](plots/ulp_error_vs_scale.png)" in text
+    assert "99.3% (993/1000)" in text
+
+
+def test_report_without_plots_or_summary(tmp_path: Path) -> None:
+    (tmp_path / "manifest.json").write_text(json.dumps({"config": {"description": "d"}}))
+    md, ht = write_report(tmp_path)
+    assert "<img" not in ht.read_text()
+    assert "d" in md.read_text()
+
+
+def test_percentages_never_round_to_the_ends() -> None:
+    assert fmt_pct(0.9996) == "99.96%"
+    assert fmt_pct(1.0) == "100%"
+    assert fmt_pct(0.00004) == "0.004%"
+    assert fmt_rate(993, 1000) == "99.3% (993/1000)"
