@@ -1,0 +1,516 @@
+"""The cross-entropy implementations under test, each computing in a format's own arithmetic.
+
+Every implementation is a callable ``(logits, targets, fmt) -> np.ndarray``: ``logits`` a
+(B, V) numpy array (float16, ml_dtypes.bfloat16, float32 or float64), ``targets`` (B,)
+integer class indices in [0, V), ``fmt`` a format name or :class:`~precision_lab.formats.Format`.
+It returns the B per-sample losses as an array of ``fmt``'s numpy dtype.  Logits of another
+dtype are first rounded once (correctly) into ``fmt`` -- a ``cast`` step.
+
+Registry (:data:`REGISTRY`, key -> :class:`Implementation`):
+
+=====================  ===================================================================
+``naive``              the seed's formula -log(exp(x_t) / sum_j exp(x_j)), no shift (numpy)
+``naive_softmax``      p = exp(x) / sum exp(x) for the whole row, then -log p[t] (numpy)
+``lse``                max-shifted log-sum-exp: (m + log(sum exp(x - m))) - x_t (numpy)
+``lse_log1p``          Blanchard-Higham-Higham: (m - x_t) + log1p(sum_{j != k} exp(x_j - m)),
+                       k = argmax (first one), m = x_k (numpy)
+``torch``              torch.nn.functional.cross_entropy(x, t, reduction="none")
+``torch_logsoftmax_nll``  F.nll_loss(F.log_softmax(x, dim=-1), t, reduction="none")
+``torch_manual``       the seed's torch ops per row: -torch.log(torch.exp(x[t]) / torch.exp(x).sum())
+``scipy``              scipy.special.logsumexp(x, axis=-1) - x_t
+=====================  ===================================================================
+
+Arithmetic model (measured with numpy 2.4.6, ml_dtypes 0.6.0, torch 2.13.0 CPU, AVX512):
+
+* numpy's float16 ``+ - * /`` compute in float32 and round once to float16; ml_dtypes'
+  bfloat16 ufuncs do the same via float32.  Because float32 has p' = 24 >= 2p + 2 bits for
+  both (p = 11, 8), this double rounding is innocuous (Figueroa): each elementary operation
+  is correctly rounded to the format.  Checked: 0 mismatches against the correctly rounded
+  result on 2 x 4M random operand pairs per format; torch's CPU float16/bfloat16 ops agree.
+* ``exp``, ``log``, ``log1p`` on float16/bfloat16 evaluate the float32 function and round:
+  exhaustively over all float16 inputs numpy's exp is not correctly rounded at 4 points
+  (torch's at 2), log at 1, log1p at 2; for bfloat16 both are correctly rounded everywhere.
+* Sums: ``np.sum`` is NOT the format's arithmetic for float16 (it accumulates pairwise in
+  float32 and rounds once at the end), while for bfloat16 it adds left to right, rounding
+  each partial sum to bfloat16; torch's CPU sum of float16/bfloat16 accumulates in float32.
+  So the numpy implementations here never call ``np.sum``: they use :func:`pairwise_sum`,
+  a fixed pairwise tree in the format's own arithmetic (every addition rounded once to the
+  format), the same order for every format: see its docstring.  The torch implementations
+  use torch's own reductions, whatever they do (that is what is being measured).
+* ``max``, ``argmax``, ``gather``, ``neg`` and the ``mask`` step are exact.
+* torch: its elementwise ops give the same result on a vector as on each 0-d element
+  (checked for exp, log, div in all four formats), and a row sum of a (B, V) tensor equals
+  the sum of that row as a 1-D tensor (checked V <= 5000), so ``torch_manual`` vectorizes over
+  rows without changing any per-row operation.  torch's CPU kernels depend on
+  ``ATEN_CPU_CAPABILITY`` (default/avx2/avx512); results can differ between them.
+* scipy 1.17 ``logsumexp`` computes in the input dtype for float16/float32/float64 (with
+  numpy's float32-accumulated ``np.sum`` for float16), but it does not recognise
+  ml_dtypes.bfloat16 as floating and promotes it to float64: the ``scipy`` entry then rounds
+  that float64 result once to bfloat16 before the final bfloat16 subtraction.  It uses the
+  BHH form internally: a_max + log(#maxima) + log1p(sum of the others / #maxima).
+
+Tracing (per-step attribution).  The step-wise implementations (``Implementation.stepwise``)
+take a keyword ``trace: list | None = None``.  When a list is given, one :class:`Step` per
+operation is appended, in execution order; the last step's output is the returned array.
+The same code computes with and without tracing (recording only stores references).  The
+meaning of each ``op`` is in :data:`OPS`: a step's exact value is ``OPS[op]`` applied in exact
+arithmetic to the step's ``inputs`` (the arrays actually consumed, already broadcast-shaped),
+so another module can measure the error each step adds as the distance between ``output``
+and the correctly rounded exact result of the op on those inputs.
+
+Custom implementations: :func:`get_implementation` accepts a registry key or an import path
+``"package.module:function"`` naming a callable with the same signature (optionally taking
+``trace=``)::
+
+    def my_ce(logits, targets, fmt):          # in mypkg/losses.py
+        f = get_format(fmt)
+        ...
+        return losses.astype(f.np_dtype)      # shape (B,), fmt's dtype
+
+    impl = get_implementation("mypkg.losses:my_ce")
+    losses = impl(logits, targets, "bfloat16")
+
+The returned :class:`Implementation` checks the result's shape and dtype.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from .formats import Format, get_format, round_float64_array
+
+__all__ = [
+    "Step",
+    "OPS",
+    "Implementation",
+    "REGISTRY",
+    "get_implementation",
+    "pairwise_sum",
+    "to_torch",
+    "from_torch",
+]
+
+#: Exact meaning of each step ``op`` on its ``inputs`` (in0, in1, ...); all index/axis
+#: conventions are over the last axis, with numpy broadcasting between in0 and in1.
+#: "rounded" ops are computed once per elementary operation in the format; "exact" ones
+#: introduce no error; "composite" ones are a library kernel whose internals are unknown.
+OPS: dict[str, str] = {
+    "cast": "rounded: in0 (any float dtype) rounded once to the format",
+    "max": "exact: out[i] = max_j in0[i, j]",
+    "argmax": "exact: out[i] = first j with in0[i, j] maximal (integer output)",
+    "gather": "exact: out[i] = in0[i, in1[i]] (in1 integer indices)",
+    "mask": "exact: out = in0 with out[i, in1[i]] = 0 (in1 integer indices)",
+    "sub": "rounded: out = in0 - in1",
+    "add": "rounded: out = in0 + in1",
+    "div": "rounded: out = in0 / in1",
+    "neg": "exact: out = -in0",
+    "exp": "rounded: out = exp(in0)",
+    "log": "rounded: out = log(in0)",
+    "log1p": "rounded: out = log(1 + in0)",
+    "sum": "rounded (V - 1 additions): out[i] = sum_j in0[i, j]; numpy implementations use "
+           "pairwise_sum's order, torch ones torch's own reduction",
+    "log_softmax": "composite: out[i, j] = in0[i, j] - log(sum_k exp(in0[i, k]))",
+    "nll": "exact: out[i] = -in0[i, in1[i]] (in1 integer indices)",
+}
+
+
+@dataclass(frozen=True)
+class Step:
+    """One recorded operation of a step-wise implementation.
+
+    Attributes:
+        name: unique name within the trace ("x", "m", "d", "e", "s", "loss", ...).
+        op: the operation, a key of :data:`OPS` (its exact meaning is documented there).
+        inputs: the arrays the operation consumed, exactly as consumed: arrays of the format
+            (a (B,) reduction result appears as a (B, 1) view where it was broadcast) or
+            integer index arrays (gather/mask/nll).  References, not copies.
+        sources: for each input, the name of the step that produced it, or "logits" /
+            "targets" for the caller's arrays.
+        output: the computed array (format dtype; integer for argmax).
+    """
+
+    name: str
+    op: str
+    inputs: tuple[np.ndarray, ...]
+    sources: tuple[str, ...]
+    output: np.ndarray
+
+    def __post_init__(self) -> None:
+        if self.op not in OPS:
+            raise ValueError(f"unknown step op {self.op!r}; allowed: {', '.join(OPS)}")
+        if len(self.inputs) != len(self.sources):
+            raise ValueError("Step needs one source name per input")
+
+
+class _Recorder:
+    """Appends Steps to ``trace`` when it is a list; returns the output either way."""
+
+    __slots__ = ("trace",)
+
+    def __init__(self, trace: "list | None") -> None:
+        if trace is not None and not isinstance(trace, list):
+            raise TypeError(f"trace must be a list or None, not {type(trace).__name__}")
+        self.trace = trace
+
+    def __call__(self, name: str, op: str, inputs: tuple, sources: tuple, output: Any) -> Any:
+        if self.trace is not None:
+            out_np = from_torch(output) if _is_torch(output) else np.asarray(output)
+            ins = tuple(from_torch(a) if _is_torch(a) else np.asarray(a) for a in inputs)
+            self.trace.append(Step(name, op, ins, tuple(sources), out_np))
+        return output
+
+
+# ---------------------------------------------------------------------------------------
+# helpers
+
+
+def pairwise_sum(x: np.ndarray) -> np.ndarray:
+    """Sum over the last axis in ``x``'s own arithmetic, in a fixed pairwise order.
+
+    Each pass adds adjacent pairs, (x0 + x1), (x2 + x3), ..., carrying an odd last element
+    up unchanged, until one value is left: for V = 5, ((x0 + x1) + (x2 + x3)) + x4.  Every
+    addition is one numpy ufunc call on arrays of x's dtype, so it is rounded once to that
+    format (see the module docstring for float16/bfloat16).  Error bound about
+    ceil(log2 V) * u * sum|x_j|.  V = 0 gives 0.  Returns shape x.shape[:-1].
+    """
+    x = np.asarray(x)
+    if x.shape[-1] == 0:
+        return np.zeros(x.shape[:-1], dtype=x.dtype)
+    while x.shape[-1] > 1:
+        n = x.shape[-1]
+        h = n // 2
+        s = x[..., 0 : 2 * h : 2] + x[..., 1 : 2 * h : 2]
+        if n % 2:
+            s = np.concatenate([s, x[..., n - 1 :]], axis=-1)
+        x = s
+    return x[..., 0]
+
+
+def _is_torch(a: Any) -> bool:
+    return type(a).__module__.startswith("torch")
+
+
+def to_torch(a: np.ndarray):  # -> torch.Tensor
+    """A torch tensor sharing ``a``'s data where possible (ml_dtypes.bfloat16 through an
+    int16 view, giving torch.bfloat16); the values are not changed."""
+    import torch
+
+    a = np.ascontiguousarray(a)
+    if a.dtype == get_format("bfloat16").np_dtype:
+        return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(a)
+
+
+def from_torch(t) -> np.ndarray:
+    """A numpy array of the tensor's values (ml_dtypes.bfloat16 for torch.bfloat16)."""
+    import torch
+
+    t = t.detach().cpu().contiguous()
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().view(get_format("bfloat16").np_dtype)
+    return t.numpy()
+
+
+def _prepare(logits: np.ndarray, targets: np.ndarray, fmt: "str | Format",
+             rec: _Recorder) -> tuple[np.ndarray, np.ndarray, Format, str]:
+    """Validate, and round logits once into fmt (a "cast" step) if they are of another dtype.
+
+    Returns (x, targets as int64, format, name of x's source: "logits" or "x" after a cast).
+    """
+    f = get_format(fmt)
+    logits = np.asarray(logits)
+    targets = np.asarray(targets)
+    if logits.ndim != 2:
+        raise ValueError(f"logits must be 2-D (B, V), got shape {logits.shape}")
+    if targets.shape != logits.shape[:1]:
+        raise ValueError(f"targets must have shape ({logits.shape[0]},), got {targets.shape}")
+    if targets.size and not np.issubdtype(targets.dtype, np.integer):
+        raise ValueError(f"targets must be integers, got dtype {targets.dtype}")
+    targets = targets.astype(np.int64)
+    if targets.size and (targets.min() < 0 or targets.max() >= logits.shape[1]):
+        raise ValueError(f"targets must lie in [0, {logits.shape[1]})")
+    if logits.dtype == f.np_dtype:
+        return logits, targets, f, "logits"
+    x = round_float64_array(logits.astype(np.float64), f)
+    return rec("x", "cast", (logits,), ("logits",), x), targets, f, "x"
+
+
+def _take(a: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    return np.take_along_axis(a, idx[:, None], axis=-1)[:, 0]
+
+
+# ---------------------------------------------------------------------------------------
+# numpy implementations (format arithmetic; every elementary operation rounded once)
+
+
+def naive(logits: np.ndarray, targets: np.ndarray, fmt: "str | Format", *,
+          trace: "list | None" = None) -> np.ndarray:
+    """The seed's -log(exp(x_t) / sum_j exp(x_j)), unshifted; exp overflows first.
+
+    Steps: [cast] exp e, sum s (pairwise), gather e_t, div p = e_t / s, log l, neg loss.
+    """
+    rec = _Recorder(trace)
+    x, t, f, xs = _prepare(logits, targets, fmt, rec)
+    with np.errstate(all="ignore"):
+        e = rec("e", "exp", (x,), (xs,), np.exp(x))
+        s = rec("s", "sum", (e,), ("e",), pairwise_sum(e))
+        et = rec("e_t", "gather", (e, t), ("e", "targets"), _take(e, t))
+        p = rec("p", "div", (et, s), ("e_t", "s"), et / s)
+        lp = rec("l", "log", (p,), ("p",), np.log(p))
+        return rec("loss", "neg", (lp,), ("l",), -lp)
+
+
+def naive_softmax(logits: np.ndarray, targets: np.ndarray, fmt: "str | Format", *,
+                  trace: "list | None" = None) -> np.ndarray:
+    """Unshifted softmax of the whole row, then -log of the target's probability.
+
+    Steps: [cast] exp e, sum s (pairwise), div p = e / s (B, V), gather p_t, log l, neg loss.
+    """
+    rec = _Recorder(trace)
+    x, t, f, xs = _prepare(logits, targets, fmt, rec)
+    with np.errstate(all="ignore"):
+        e = rec("e", "exp", (x,), (xs,), np.exp(x))
+        s = rec("s", "sum", (e,), ("e",), pairwise_sum(e))
+        s_col = s[:, None]
+        p = rec("p", "div", (e, s_col), ("e", "s"), e / s_col)
+        pt = rec("p_t", "gather", (p, t), ("p", "targets"), _take(p, t))
+        lp = rec("l", "log", (pt,), ("p_t",), np.log(pt))
+        return rec("loss", "neg", (lp,), ("l",), -lp)
+
+
+def lse(logits: np.ndarray, targets: np.ndarray, fmt: "str | Format", *,
+        trace: "list | None" = None) -> np.ndarray:
+    """Max-shifted log-sum-exp minus the target logit: (m + log(sum_j exp(x_j - m))) - x_t.
+
+    Steps: [cast] max m, sub d = x - m, exp e, sum s (pairwise), log l, add lse = m + l,
+    gather x_t, sub loss = lse - x_t.
+    """
+    rec = _Recorder(trace)
+    x, t, f, xs = _prepare(logits, targets, fmt, rec)
+    with np.errstate(all="ignore"):
+        m = rec("m", "max", (x,), (xs,), np.max(x, axis=-1))
+        m_col = m[:, None]
+        d = rec("d", "sub", (x, m_col), (xs, "m"), x - m_col)
+        e = rec("e", "exp", (d,), ("d",), np.exp(d))
+        s = rec("s", "sum", (e,), ("e",), pairwise_sum(e))
+        lg = rec("l", "log", (s,), ("s",), np.log(s))
+        y = rec("lse", "add", (m, lg), ("m", "l"), m + lg)
+        xt = rec("x_t", "gather", (x, t), (xs, "targets"), _take(x, t))
+        return rec("loss", "sub", (y, xt), ("lse", "x_t"), y - xt)
+
+
+def lse_log1p(logits: np.ndarray, targets: np.ndarray, fmt: "str | Format", *,
+              trace: "list | None" = None) -> np.ndarray:
+    """Blanchard-Higham-Higham: (m - x_t) + log1p(sum_{j != k} exp(x_j - m)), k = argmax.
+
+    k is the first maximal index; the term j = k (exp(0) = 1) is left out of the sum by
+    zeroing it (exact), so the pairwise order is that of the full row with a 0 at k.
+    Steps: [cast] argmax k, gather m = x_k, sub d = x - m, exp e, mask e_rest (e[k] = 0),
+    sum s (pairwise), log1p l, gather x_t, sub a = m - x_t, add loss = a + l.
+    """
+    rec = _Recorder(trace)
+    x, t, f, xs = _prepare(logits, targets, fmt, rec)
+    with np.errstate(all="ignore"):
+        k = rec("k", "argmax", (x,), (xs,), np.argmax(x, axis=-1))
+        m = rec("m", "gather", (x, k), (xs, "k"), _take(x, k))
+        m_col = m[:, None]
+        d = rec("d", "sub", (x, m_col), (xs, "m"), x - m_col)
+        e = rec("e", "exp", (d,), ("d",), np.exp(d))
+        rest = e.copy()
+        np.put_along_axis(rest, k[:, None], 0, axis=-1)
+        rest = rec("e_rest", "mask", (e, k), ("e", "k"), rest)
+        s = rec("s", "sum", (rest,), ("e_rest",), pairwise_sum(rest))
+        lg = rec("l", "log1p", (s,), ("s",), np.log1p(s))
+        xt = rec("x_t", "gather", (x, t), (xs, "targets"), _take(x, t))
+        a = rec("a", "sub", (m, xt), ("m", "x_t"), m - xt)
+        return rec("loss", "add", (a, lg), ("a", "l"), a + lg)
+
+
+def scipy_lse(logits: np.ndarray, targets: np.ndarray, fmt: "str | Format") -> np.ndarray:
+    """scipy.special.logsumexp(x, axis=-1) - x_t, the subtraction in the format.
+
+    scipy computes in the input dtype, except bfloat16, which it promotes to float64; that
+    float64 log-sum-exp is then rounded once to bfloat16.  Not step-wise.
+    """
+    from scipy.special import logsumexp
+
+    x, t, f, _ = _prepare(logits, targets, fmt, _Recorder(None))
+    with np.errstate(all="ignore"):
+        y = np.asarray(logsumexp(x, axis=-1))
+        if y.dtype != f.np_dtype:
+            y = round_float64_array(y.astype(np.float64), f)
+        return y - _take(x, t)
+
+
+# ---------------------------------------------------------------------------------------
+# torch implementations (torch's CPU kernels on tensors of the format's dtype)
+
+
+def torch_ce(logits: np.ndarray, targets: np.ndarray, fmt: "str | Format") -> np.ndarray:
+    """torch.nn.functional.cross_entropy(x, t, reduction="none"); not step-wise."""
+    import torch.nn.functional as F
+
+    x, t, f, _ = _prepare(logits, targets, fmt, _Recorder(None))
+    out = F.cross_entropy(to_torch(x), to_torch(t), reduction="none")
+    return from_torch(out)
+
+
+def torch_logsoftmax_nll(logits: np.ndarray, targets: np.ndarray, fmt: "str | Format", *,
+                         trace: "list | None" = None) -> np.ndarray:
+    """F.nll_loss(F.log_softmax(x, dim=-1), t, reduction="none").
+
+    Steps: [cast] log_softmax lp (torch's kernel, one composite step, stored in the
+    format), nll loss = -lp[t].
+    """
+    import torch.nn.functional as F
+
+    rec = _Recorder(trace)
+    x, t, f, xs = _prepare(logits, targets, fmt, rec)
+    X, T = to_torch(x), to_torch(t)
+    lp = rec("lp", "log_softmax", (X,), (xs,), F.log_softmax(X, dim=-1))
+    return from_torch(rec("loss", "nll", (lp, T), ("lp", "targets"),
+                          F.nll_loss(lp, T, reduction="none")))
+
+
+def torch_manual(logits: np.ndarray, targets: np.ndarray, fmt: "str | Format", *,
+                 trace: "list | None" = None) -> np.ndarray:
+    """The seed's -torch.log(torch.exp(x[t]) / torch.exp(x).sum()), vectorized over rows.
+
+    Steps: [cast] gather x_t, exp e_t, exp e (row), sum s (torch's own reduction: float32
+    accumulation for float16/bfloat16), div p = e_t / s, log l, neg loss.
+    """
+    import torch
+
+    rec = _Recorder(trace)
+    x, t, f, xs = _prepare(logits, targets, fmt, rec)
+    X, T = to_torch(x), to_torch(t)
+    xt = rec("x_t", "gather", (X, T), (xs, "targets"), X.gather(1, T[:, None])[:, 0])
+    et = rec("e_t", "exp", (xt,), ("x_t",), torch.exp(xt))
+    e = rec("e", "exp", (X,), (xs,), torch.exp(X))
+    s = rec("s", "sum", (e,), ("e",), e.sum(dim=-1))
+    p = rec("p", "div", (et, s), ("e_t", "s"), et / s)
+    lg = rec("l", "log", (p,), ("p",), torch.log(p))
+    return from_torch(rec("loss", "neg", (lg,), ("l",), -lg))
+
+
+# ---------------------------------------------------------------------------------------
+# registry
+
+
+@dataclass(frozen=True)
+class Implementation:
+    """A named cross-entropy implementation; call it as ``impl(logits, targets, fmt)``.
+
+    Attributes:
+        key: registry key, or the import path it was loaded from.
+        function: ``(logits, targets, fmt[, trace=]) -> np.ndarray`` (see the module docs).
+        description: one line.
+        stepwise: whether ``function`` accepts ``trace=`` and records :class:`Step` s.
+    """
+
+    key: str
+    function: Callable[..., np.ndarray] = field(repr=False)
+    description: str
+    stepwise: bool = False
+
+    def __call__(self, logits: np.ndarray, targets: np.ndarray, fmt: "str | Format", *,
+                 trace: "list | None" = None) -> np.ndarray:
+        """Per-sample losses, shape (B,), of fmt's dtype.
+
+        Raises:
+            TypeError: ``trace`` given to a non-step-wise implementation, or the function
+                returned the wrong dtype or shape.
+        """
+        f = get_format(fmt)
+        if trace is not None and not self.stepwise:
+            raise TypeError(f"implementation {self.key!r} is not step-wise; it takes no trace")
+        kwargs = {"trace": trace} if trace is not None else {}
+        out = self.function(logits, targets, f, **kwargs)
+        if not isinstance(out, np.ndarray) or out.dtype != f.np_dtype:
+            got = out.dtype if isinstance(out, np.ndarray) else type(out).__name__
+            raise TypeError(f"implementation {self.key!r} returned {got}; expected a numpy "
+                            f"array of {f.np_dtype} for format {f.name}")
+        expected = (np.shape(logits)[0],)
+        if out.shape != expected:
+            raise TypeError(f"implementation {self.key!r} returned shape {out.shape}; "
+                            f"expected {expected}")
+        return out
+
+
+REGISTRY: dict[str, Implementation] = {
+    impl.key: impl
+    for impl in (
+        Implementation("naive", naive, "seed formula -log(exp(x_t)/sum exp(x)), no shift", True),
+        Implementation("naive_softmax", naive_softmax,
+                       "unshifted softmax p = exp(x)/sum exp(x), then -log p_t", True),
+        Implementation("lse", lse, "max-shifted log-sum-exp: m + log(sum exp(x - m)) - x_t", True),
+        Implementation("lse_log1p", lse_log1p,
+                       "Blanchard-Higham-Higham: (m - x_t) + log1p(sum_{j!=k} exp(x_j - m))", True),
+        Implementation("torch", torch_ce, "torch.nn.functional.cross_entropy, reduction='none'",
+                       False),
+        Implementation("torch_logsoftmax_nll", torch_logsoftmax_nll,
+                       "F.nll_loss(F.log_softmax(x, dim=-1), t)", True),
+        Implementation("torch_manual", torch_manual,
+                       "seed torch ops: -torch.log(torch.exp(x[t]) / torch.exp(x).sum())", True),
+        Implementation("scipy", scipy_lse, "scipy.special.logsumexp(x) - x_t", False),
+    )
+}
+
+
+def _allowed() -> str:
+    return (f"allowed: one of {', '.join(REGISTRY)}, or an import path "
+            f"'package.module:function'")
+
+
+def get_implementation(key_or_path: "str | Implementation") -> Implementation:
+    """Resolve a registry key or an import path ``"package.module:function"``.
+
+    The import path may name a nested attribute (``"pkg.mod:Class.method"``).  The object
+    must be callable as ``(logits, targets, fmt)``; if it is already an Implementation it
+    is returned as is, otherwise it is wrapped with ``stepwise`` set when it has a
+    ``trace`` parameter and the first docstring line as description.
+
+    Raises:
+        ValueError: naming the bad value and the allowed keys (unknown key, module that
+            cannot be imported, missing attribute, non-callable object).
+    """
+    if isinstance(key_or_path, Implementation):
+        return key_or_path
+    value = key_or_path
+    if not isinstance(value, str):
+        raise ValueError(f"implementation must be a string, got {value!r}; {_allowed()}")
+    if value in REGISTRY:
+        return REGISTRY[value]
+    if ":" not in value:
+        raise ValueError(f"unknown implementation {value!r}; {_allowed()}")
+    module_name, _, attr_path = value.partition(":")
+    if not module_name or not attr_path:
+        raise ValueError(f"malformed implementation path {value!r}; {_allowed()}")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"implementation path {value!r}: cannot import module "
+                         f"{module_name!r} ({exc}); {_allowed()}") from exc
+    for part in attr_path.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ValueError(f"implementation path {value!r}: {module_name!r} has no "
+                             f"attribute {attr_path!r}; {_allowed()}") from None
+    if isinstance(obj, Implementation):
+        return obj
+    if not callable(obj):
+        raise ValueError(f"implementation path {value!r} names a non-callable "
+                         f"{type(obj).__name__}; {_allowed()}")
+    try:
+        stepwise = "trace" in inspect.signature(obj).parameters
+    except (TypeError, ValueError):
+        stepwise = False
+    doc = (inspect.getdoc(obj) or "").strip().splitlines()
+    description = doc[0] if doc else f"custom implementation {value}"
+    return Implementation(value, obj, description, stepwise)
