@@ -85,8 +85,9 @@ Each elementary operation is correctly rounded in the format (see
   .. math:: |\hat f - f| \le u\,[|f| + 2 + h + 1]  \;\;(\text{the } +1 \text{ from } e_t)\ .
 
   Same cancellation as lse: the absolute error stays O(u) while f -> 0.  With ``fmt`` given,
-  the bound is inf (void) where max x exceeds log(max_finite) (an exp overflows) or x_t lies
-  below log(smallest normal) (e_t is subnormal and loses relative accuracy).
+  the bound is inf (void) where max x exceeds log(max_finite) (an exp overflows), x_t lies
+  below log(smallest normal) (e_t is subnormal), or the loss exceeds -log(smallest normal)
+  (p = exp(-loss) is subnormal: 9.70 in float16) -- subnormals lose relative accuracy.
 
 The derived bounds are first order; :func:`to_rigorous` applies the usual
 :math:`B \mapsto B/(1 - Bu)` to cover the second-order terms for moderate B.  None of the
@@ -254,7 +255,8 @@ def derived_loss_bound(logits: np.ndarray, targets: np.ndarray, algorithm: str,
             # void (inf) where an exp overflows or exp(x_t) falls below the normal range
             F = get_format(fmt)
             with np.errstate(over="ignore"):
-                void = (r.a > math.log(F.max_finite)) | (r.xt < math.log(F.smallest_normal))
+                void = ((r.a > math.log(F.max_finite)) | (r.xt < math.log(F.smallest_normal))
+                        | (np.abs(f) > -math.log(F.smallest_normal)))
             abs_b = np.where(void, np.inf, abs_b)
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(f != 0, abs_b / np.abs(f), np.inf)
