@@ -41,7 +41,9 @@ NO_DISTANCE = np.uint64(np.iinfo(np.uint64).max)
 
 
 def _bits(a: np.ndarray, f: Format) -> np.ndarray:
-    return np.ascontiguousarray(np.asarray(a, dtype=f.np_dtype)).view(f.uint_dtype)
+    a = np.asarray(a, dtype=f.np_dtype)
+    # ascontiguousarray makes 0-d arrays 1-d: restore the shape so scalars stay scalars
+    return np.ascontiguousarray(a).view(f.uint_dtype).reshape(a.shape)
 
 
 def ordinal(a: np.ndarray, fmt: "str | Format") -> np.ndarray:
