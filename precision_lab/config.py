@@ -1,0 +1,557 @@
+"""Experiment configuration: a pydantic model, TOML loading with one clear error, sweep expansion.
+
+An experiment is a TOML file (see ``experiments/*.toml``)::
+
+    name = "normal_sweep"                       # results go to results/<name>/
+    question = "How does the error grow with the logits' scale?"
+    description = "..."                         # optional, shown by the report
+    notes = "..."                               # optional, shown by the report
+    classes = 10                                # C (not for fixed/file inputs)
+    batch_size = 10                             # B: rows per batch
+    samples = 100                               # number of batches per sweep point
+    seed = 0
+    formats = ["float16", "bfloat16", "float32", "float64"]   # or "all"
+    implementations = "all"                     # or registry keys / "pkg.module:func"
+    reduction = "none"                          # "none" | "mean" | "sum"
+
+    [inputs]
+    generator = "normal"
+    scale = [1.0, 10.0, 100.0]                  # a list: one sweep point per value
+
+    [compare]                                   # optional pairwise check, like the seed's
+    a = "torch"
+    b = "torch_manual"
+    abs_tol = 1e-15
+
+Generators (``[inputs] generator = ...``) and their parameters:
+
+* ``uniform``: ``low`` (0.0), ``high`` (1.0): logits uniform in [low, high).
+* ``normal``: ``mean`` (0.0), ``scale`` (1.0): logits mean + scale * N(0, 1).
+* ``confident``: ``scale`` (1.0), ``margin`` (10.0): logits scale * N(0, 1), then the target's
+  logit is set to (max of the row) + margin, so the prediction is right and confident.
+* ``large``: ``format`` ("float16"), ``fraction`` (0.5): logits uniform in
+  [-fraction, fraction) * max_finite(format), magnitudes near the format's range.
+* ``fixed``: ``logits`` (one row or a list of rows), ``targets`` (an int or a list): one batch.
+* ``torch_rand_protocol``: the seed answer's protocol exactly: a torch generator seeded with
+  ``seed``; per batch ``x = torch.rand(B, C)`` then ``y = torch.randint(0, C, (B,))``, float32.
+* ``file``: ``logits``, ``targets``: paths (relative to the config file) of ``.npy`` or
+  ``.pt`` files; logits of shape (N, C) (cut into batches of ``batch_size`` rows, default N)
+  or (S, B, C); targets of shape (N,) or (S, B).
+
+Targets of the random generators are uniform over the C classes (numpy), drawn after the
+logits of the whole sweep point.
+
+Sweeps: every numeric parameter -- ``classes``, ``batch_size``, ``samples``, ``seed`` and the
+generator's numbers -- may be a list; lists expand into the cartesian product, one sweep
+point per combination, the first listed axis varying slowest.  Each point's parameters are
+recorded in the manifest, and the swept ones as columns of every table.
+
+Determinism and formats: each sweep point's inputs come from ``numpy.random.Generator(
+PCG64(seed))`` (a fresh generator per point, so points that differ only in a scale share their
+underlying random numbers), or from a ``torch.Generator`` seeded with ``seed`` for the torch
+protocol.  Inputs are generated ONCE per point, in float64 (float32 for the torch protocol),
+and then rounded correctly (round to nearest, ties to even) to each format.  So the formats
+see slightly different exact inputs; the reference for a format is always computed from the
+exact values that format's implementations saw, so the error measured is the implementation's
+own, not the input rounding.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .formats import FORMAT_NAMES, get_format
+
+__all__ = [
+    "ConfigError",
+    "ExperimentConfig",
+    "CompareConfig",
+    "GENERATORS",
+    "SweepPoint",
+    "load_config",
+    "parse_config",
+    "resolved_config",
+    "config_hash",
+    "sweep_points",
+    "sweep_axes",
+    "bundled_experiments_dir",
+]
+
+Num = Union[float, list[float]]
+Int = Union[int, list[int]]
+
+#: Top-level numeric keys that may be swept, in axis order.
+TOP_NUMERIC = ("classes", "batch_size", "samples", "seed")
+
+
+class ConfigError(Exception):
+    """A bad config: names the file, the key, what is wrong and the allowed values."""
+
+    def __init__(self, file: "str | Path | None", key: str | None, problem: str,
+                 allowed: "list[str] | tuple[str, ...] | str | None" = None):
+        self.file = str(file) if file is not None else "<config>"
+        self.key = key
+        self.problem = problem
+        self.allowed = allowed
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = f"{self.file}: " + (f"key '{self.key}': " if self.key else "")
+        msg = where + self.problem
+        if self.allowed:
+            allowed = self.allowed if isinstance(self.allowed, str) else ", ".join(self.allowed)
+            msg += f" (allowed: {allowed})"
+        return msg
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+
+class UniformInputs(_Model):
+    generator: Literal["uniform"]
+    low: Num = 0.0
+    high: Num = 1.0
+
+
+class NormalInputs(_Model):
+    generator: Literal["normal"]
+    mean: Num = 0.0
+    scale: Num = 1.0
+
+
+class ConfidentInputs(_Model):
+    generator: Literal["confident"]
+    scale: Num = 1.0
+    margin: Num = 10.0
+
+
+class LargeInputs(_Model):
+    generator: Literal["large"]
+    format: str = "float16"
+    fraction: Num = 0.5
+
+
+class FixedInputs(_Model):
+    generator: Literal["fixed"]
+    logits: Union[list[float], list[list[float]]]
+    targets: Union[int, list[int]]
+
+
+class TorchRandInputs(_Model):
+    generator: Literal["torch_rand_protocol"]
+
+
+class FileInputs(_Model):
+    generator: Literal["file"]
+    logits: str
+    targets: str
+
+
+GENERATORS: dict[str, type[_Model]] = {
+    "uniform": UniformInputs,
+    "normal": NormalInputs,
+    "confident": ConfidentInputs,
+    "large": LargeInputs,
+    "fixed": FixedInputs,
+    "torch_rand_protocol": TorchRandInputs,
+    "file": FileInputs,
+}
+
+Inputs = Annotated[
+    Union[UniformInputs, NormalInputs, ConfidentInputs, LargeInputs, FixedInputs,
+          TorchRandInputs, FileInputs],
+    Field(discriminator="generator"),
+]
+
+
+class CompareConfig(_Model):
+    """A pairwise check like the seed's: share of |a - b| < abs_tol, per format."""
+
+    a: str
+    b: str
+    abs_tol: float = 1e-15
+    formats: Union[list[str], None] = None  # default: every format of the experiment
+
+
+class ExperimentConfig(_Model):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")]
+    question: str
+    description: str = ""
+    notes: str = ""
+    inputs: Inputs
+    classes: Union[Int, None] = None
+    batch_size: Union[Int, None] = None
+    samples: Union[Int, None] = None
+    seed: Int = 0
+    formats: Union[Literal["all"], list[str]] = "all"
+    implementations: Union[Literal["all"], list[str]] = "all"
+    reduction: Literal["none", "mean", "sum"] = "none"
+    compare: Union[CompareConfig, None] = None
+
+
+# --------------------------------------------------------------------------- error messages
+
+_TYPE_WORDS = {Num: "a number or a list of numbers", Int: "an integer or a list of integers"}
+
+
+def _describe(annotation: Any) -> str:
+    if annotation == Union[Int, None]:
+        return _TYPE_WORDS[Int]
+    if annotation in _TYPE_WORDS:
+        return _TYPE_WORDS[annotation]
+    text = {str: "a string", float: "a number", int: "an integer", bool: "true or false"}
+    if annotation in text:
+        return text[annotation]
+    s = str(annotation).replace("typing.", "")
+    if "Literal" in s:
+        return "one of the allowed values"
+    return s
+
+
+def _model_for(loc: tuple) -> tuple[type[_Model], list[str], str | None]:
+    """Walk an error location: (model at the deepest named section, dotted key parts, field)."""
+    model: type[_Model] = ExperimentConfig
+    keys: list[str] = []
+    i = 0
+    while i < len(loc):
+        part = loc[i]
+        if not isinstance(part, str):
+            keys[-1] = f"{keys[-1]}[{part}]" if keys else str(part)
+            i += 1
+            continue
+        if part == "inputs" and model is ExperimentConfig:
+            keys.append(part)
+            if i + 1 < len(loc) and loc[i + 1] in GENERATORS:
+                model = GENERATORS[loc[i + 1]]
+                i += 2
+                if i >= len(loc):
+                    return model, keys, None
+                continue
+            return model, keys, "inputs"
+        if part == "compare" and model is ExperimentConfig and i + 1 < len(loc):
+            keys.append(part)
+            model = CompareConfig
+            i += 1
+            if i + 1 < len(loc) and loc[i] == "CompareConfig":
+                i += 1
+            continue
+        if part in model.model_fields:
+            keys.append(part)
+            return model, keys, part
+        keys.append(part)
+        return model, keys, None
+    return model, keys, None
+
+
+def _from_validation_error(file: Path | str, err: ValidationError) -> ConfigError:
+    seen: dict[str, ConfigError] = {}
+    for e in err.errors():
+        loc, etype = tuple(e["loc"]), e["type"]
+        model, keys, fld = _model_for(loc)
+        key = ".".join(keys) if keys else None
+        if key in seen:
+            continue
+        if etype == "extra_forbidden":
+            section = ".".join(keys[:-1])
+            where = f" in [{section}]" if section else ""
+            seen[key] = ConfigError(file, key, f"unknown key{where}",
+                                    [k for k in model.model_fields])
+        elif etype == "missing":
+            seen[key] = ConfigError(file, key, "required key is missing")
+        elif etype in ("union_tag_invalid", "union_tag_not_found"):
+            got = (e.get("ctx") or {}).get("tag")
+            prob = (f"unknown generator {got!r}" if got is not None
+                    else "[inputs] needs a 'generator' key")
+            seen["inputs.generator"] = ConfigError(file, "inputs.generator", prob, list(GENERATORS))
+        elif etype == "literal_error" and fld in ("formats", "implementations"):
+            names = FORMAT_NAMES if fld == "formats" else _registry_keys()
+            seen[key] = ConfigError(file, key, f"invalid value {e.get('input')!r}; give \"all\" "
+                                    "or a list of names", ["all", *names])
+        elif etype == "literal_error":
+            got = e.get("input")
+            exp = (e.get("ctx") or {}).get("expected", "")
+            seen[key] = ConfigError(file, key, f"invalid value {got!r}", exp)
+        elif etype == "string_pattern_mismatch":
+            seen[key] = ConfigError(file, key, f"invalid value {e.get('input')!r}",
+                                    "letters, digits, '_', '.', '-' (used as a folder name)")
+        else:
+            ann = model.model_fields[fld].annotation if fld in model.model_fields else None
+            want = _describe(ann) if ann is not None else e["msg"]
+            if fld in ("formats", "implementations"):
+                want = '"all" or a list of names'
+            seen[key] = ConfigError(file, key, f"wrong type {type(e.get('input')).__name__} "
+                                    f"({e.get('input')!r}); expected {want}")
+    errs = list(seen.values())
+    if len(errs) == 1:
+        return errs[0]
+    first = errs[0]
+    first.problem += "".join(f"\n  also: {x}" for x in errs[1:])
+    return first
+
+
+def _registry_keys() -> list[str]:
+    try:
+        from .implementations import REGISTRY
+    except ImportError:
+        return []
+    return list(REGISTRY)
+
+
+# --------------------------------------------------------------------------- loading
+
+def load_config(path: "str | Path") -> ExperimentConfig:
+    """Read, parse and validate one TOML config; raise :class:`ConfigError` on any problem."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(path, None, f"cannot read the config file ({exc})") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, None, f"TOML syntax error: {exc}") from None
+    return parse_config(data, path)
+
+
+def parse_config(data: dict, path: "str | Path" = "<config>") -> ExperimentConfig:
+    """Validate a config dict (as TOML gives it); ``path`` names the file in errors and
+    anchors relative data paths."""
+    try:
+        cfg = ExperimentConfig.model_validate(data)
+    except ValidationError as exc:
+        raise _from_validation_error(path, exc) from None
+    object.__setattr__(cfg, "_source", Path(path))
+    _check(cfg, Path(path))
+    return cfg
+
+
+def source_of(cfg: ExperimentConfig) -> Path:
+    return getattr(cfg, "_source", Path("<config>"))
+
+
+def _as_list(v: Any) -> list:
+    return list(v) if isinstance(v, list) else [v]
+
+
+def format_names(cfg: ExperimentConfig) -> list[str]:
+    return list(FORMAT_NAMES) if cfg.formats == "all" else [get_format(f).name for f in cfg.formats]
+
+
+def implementation_keys(cfg: ExperimentConfig) -> list[str]:
+    if cfg.implementations == "all":
+        from .implementations import REGISTRY
+
+        return list(REGISTRY)
+    return list(dict.fromkeys(cfg.implementations))
+
+
+def compare_formats(cfg: ExperimentConfig) -> list[str]:
+    if cfg.compare is None:
+        return []
+    if cfg.compare.formats is None:
+        return format_names(cfg)
+    return [get_format(f).name for f in cfg.compare.formats]
+
+
+def _check(cfg: ExperimentConfig, path: Path) -> None:
+    """Checks beyond types: names exist, numbers in range, data files readable and shaped."""
+    fmts = cfg.formats if cfg.formats != "all" else []
+    if cfg.formats != "all" and not cfg.formats:
+        raise ConfigError(path, "formats", "empty list", ["all", *FORMAT_NAMES])
+    for f in fmts:
+        try:
+            get_format(f)
+        except ValueError:
+            raise ConfigError(path, "formats", f"unknown format {f!r}",
+                              ["all", *FORMAT_NAMES]) from None
+    if len(set(format_names(cfg))) != len(format_names(cfg)):
+        raise ConfigError(path, "formats", "a format is listed twice")
+
+    try:
+        from .implementations import REGISTRY, get_implementation
+    except ImportError as exc:  # the package is broken, not the config
+        raise ConfigError(path, "implementations", f"cannot import the registry ({exc})") from None
+    allowed_impls = ["all", *REGISTRY, "or 'package.module:function'"]
+    if cfg.implementations != "all":
+        if not cfg.implementations:
+            raise ConfigError(path, "implementations", "empty list", allowed_impls)
+        for key in cfg.implementations:
+            try:
+                get_implementation(key)
+            except Exception as exc:  # noqa: BLE001 - any failure to resolve is a config error
+                why = f" ({str(exc).split('; allowed')[0]})" if ":" in str(key) else ""
+                raise ConfigError(path, "implementations",
+                                  f"unknown implementation {key!r}{why}", allowed_impls) from None
+    impls = implementation_keys(cfg)
+
+    if cfg.compare is not None:
+        for side in ("a", "b"):
+            v = getattr(cfg.compare, side)
+            if v not in impls:
+                raise ConfigError(path, f"compare.{side}",
+                                  f"{v!r} is not one of this experiment's implementations", impls)
+        if not (cfg.compare.abs_tol >= 0 and math.isfinite(cfg.compare.abs_tol)):
+            raise ConfigError(path, "compare.abs_tol", "must be a finite number >= 0")
+        for f in cfg.compare.formats or []:
+            try:
+                name = get_format(f).name
+            except ValueError:
+                raise ConfigError(path, "compare.formats", f"unknown format {f!r}",
+                                  format_names(cfg)) from None
+            if name not in format_names(cfg):
+                raise ConfigError(path, "compare.formats", f"{f!r} is not run by this experiment",
+                                  format_names(cfg))
+
+    gen = cfg.inputs.generator
+    not_used = {"fixed": ("classes", "batch_size", "samples"), "file": ("classes", "samples")}
+    for key in TOP_NUMERIC[:3]:
+        val = getattr(cfg, key)
+        if val is None:
+            if key == "classes" and gen not in not_used:
+                raise ConfigError(path, "classes", f"required for generator {gen!r}")
+            continue
+        if key in not_used.get(gen, ()):
+            raise ConfigError(path, key, f"not used with generator {gen!r} (the data decide "
+                              "it); remove the key")
+        vals = _as_list(val)
+        if not vals:
+            raise ConfigError(path, key, "empty list")
+        for v in vals:
+            if v < 1:
+                raise ConfigError(path, key, f"must be >= 1, got {v}")
+    for v in _as_list(cfg.seed):
+        if v < 0:
+            raise ConfigError(path, "seed", f"must be >= 0, got {v}")
+    for name, val in cfg.inputs:
+        if isinstance(val, list) and not val and name not in ("logits", "targets"):
+            raise ConfigError(path, f"inputs.{name}", "empty list")
+        if name in ("low", "high", "mean", "scale", "margin", "fraction") and isinstance(
+                val, (int, float, list)):
+            for v in _as_list(val):
+                if not math.isfinite(v):
+                    raise ConfigError(path, f"inputs.{name}", f"must be finite, got {v}")
+    if gen == "uniform":
+        for lo, hi in itertools.product(_as_list(cfg.inputs.low), _as_list(cfg.inputs.high)):
+            if not lo < hi:
+                raise ConfigError(path, "inputs.low", f"needs low < high, got [{lo}, {hi})")
+    if gen == "large":
+        try:
+            get_format(cfg.inputs.format)
+        except ValueError:
+            raise ConfigError(path, "inputs.format", f"unknown format {cfg.inputs.format!r}",
+                              FORMAT_NAMES) from None
+        for v in _as_list(cfg.inputs.fraction):
+            if not 0 < v <= 1:
+                raise ConfigError(path, "inputs.fraction", f"must be in (0, 1], got {v}")
+    if gen in ("normal", "confident"):
+        for v in _as_list(cfg.inputs.scale):
+            if v < 0:
+                raise ConfigError(path, "inputs.scale", f"must be >= 0, got {v}")
+    if gen == "fixed":
+        from .inputs import fixed_arrays
+
+        try:
+            fixed_arrays(cfg.inputs)
+        except ValueError as exc:
+            raise ConfigError(path, "inputs.logits", str(exc)) from None
+    if gen == "file":
+        from .inputs import load_file_arrays
+
+        try:
+            load_file_arrays(cfg, path.parent)
+        except ConfigError as exc:
+            exc.file = str(path)
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise ConfigError(path, "inputs", f"cannot load the data ({exc})") from None
+
+
+# --------------------------------------------------------------------------- sweeps
+
+@dataclass(frozen=True)
+class SweepPoint:
+    """One combination of parameter values."""
+
+    index: int
+    params: dict[str, Any] = field(default_factory=dict)  # every numeric parameter, scalar
+    swept: dict[str, Any] = field(default_factory=dict)   # the swept ones only
+
+
+def _numeric_params(cfg: ExperimentConfig) -> list[tuple[str, Any]]:
+    out = [(k, getattr(cfg, k)) for k in TOP_NUMERIC if getattr(cfg, k) is not None]
+    if cfg.inputs.generator not in ("fixed", "file"):
+        for k, v in cfg.inputs:
+            if k in ("generator", "format"):
+                continue
+            out.append((k, v))
+    return out
+
+
+def sweep_axes(cfg: ExperimentConfig) -> list[str]:
+    """Names of the swept parameters (those given as lists), in axis order."""
+    return [k for k, v in _numeric_params(cfg) if isinstance(v, list)]
+
+
+def sweep_points(cfg: ExperimentConfig) -> list[SweepPoint]:
+    """The cartesian product of the list-valued parameters (first axis slowest)."""
+    params = _numeric_params(cfg)
+    names = [k for k, _ in params]
+    values = [_as_list(v) for _, v in params]
+    axes = set(sweep_axes(cfg))
+    pts = []
+    for i, combo in enumerate(itertools.product(*values)):
+        p = dict(zip(names, combo))
+        pts.append(SweepPoint(i, p, {k: v for k, v in p.items() if k in axes}))
+    return pts
+
+
+# --------------------------------------------------------------------------- resolution, hash
+
+def resolved_config(cfg: ExperimentConfig) -> dict:
+    """The config with defaults filled in and names canonical ("all" expanded), as JSON data.
+
+    Data files of the ``file`` generator are recorded with their sha256, so a changed file
+    changes the config hash."""
+    d = cfg.model_dump(mode="json")
+    d["formats"] = format_names(cfg)
+    d["implementations"] = implementation_keys(cfg)
+    if cfg.compare is not None:
+        d["compare"]["formats"] = compare_formats(cfg)
+    if cfg.inputs.generator == "large":
+        d["inputs"]["format"] = get_format(cfg.inputs.format).name
+    if cfg.inputs.generator == "file":
+        base = source_of(cfg).parent
+        for key in ("logits", "targets"):
+            p = base / getattr(cfg.inputs, key)
+            d["inputs"][f"{key}_sha256"] = hashlib.sha256(p.read_bytes()).hexdigest()
+    d["sweep_axes"] = sweep_axes(cfg)
+    return d
+
+
+def canonical_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def config_hash(cfg: ExperimentConfig) -> str:
+    """sha256 of the canonical JSON of the resolved config."""
+    return hashlib.sha256(canonical_json(resolved_config(cfg)).encode()).hexdigest()
+
+
+def bundled_experiments_dir() -> Path | None:
+    """The experiments/ folder: beside the package (a checkout) or in the current directory."""
+    here = Path(__file__).resolve().parent.parent / "experiments"
+    for cand in (here, Path.cwd() / "experiments"):
+        if cand.is_dir():
+            return cand
+    return None
+

@@ -1,0 +1,45 @@
+"""Shared fixtures: tiny configs written into tmp_path."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def write_config(tmp_path: Path):
+    """write_config(text, name="exp.toml") -> Path of a TOML file in tmp_path."""
+
+    def _write(text: str, name: str = "exp.toml") -> Path:
+        path = tmp_path / name
+        path.write_text(textwrap.dedent(text).lstrip())
+        return path
+
+    return _write
+
+
+TINY = """
+name = "tiny"
+question = "A tiny test experiment."
+classes = 5
+batch_size = 3
+samples = 2
+seed = 7
+formats = ["float16", "float32"]
+implementations = ["naive", "lse", "torch"]
+reduction = "none"
+
+[inputs]
+generator = "normal"
+scale = [1.0, 30.0]
+"""
+
+
+@pytest.fixture
+def tiny_config(write_config) -> Path:
+    """Two sweep points x two formats = four chunks, three implementations."""
+    return write_config(TINY)
