@@ -38,6 +38,11 @@ Arithmetic model (measured with numpy 2.4.6, ml_dtypes 0.6.0, torch 2.13.0 CPU, 
   format), the same order for every format: see its docstring.  The torch implementations
   use torch's own reductions, whatever they do (that is what is being measured).
 * ``max``, ``argmax``, ``gather``, ``neg`` and the ``mask`` step are exact.
+* Casts are not all correct: ml_dtypes' float64 -> bfloat16 ``astype`` and torch's float64 ->
+  bfloat16 and float64 -> float16 ``.to`` round through float32 (1 + 2**-8 + 2**-40 becomes
+  1.0 in bfloat16, 1 + 2**-11 + 2**-40 becomes 1.0 in float16; correct: 1 + 2**-7 and
+  1 + 2**-10); numpy's float64 -> float16 cast is correct.  The ``cast`` step here therefore
+  uses :func:`~precision_lab.formats.round_float64_array` (one correct rounding).
 * torch: its elementwise ops give the same result on a vector as on each 0-d element
   (checked for exp, log, div in all four formats), and a row sum of a (B, V) tensor equals
   the sum of that row as a 1-D tensor (checked V <= 5000), so ``torch_manual`` vectorizes over

@@ -22,7 +22,6 @@ from hypothesis import strategies as st
 from precision_lab.formats import (
     FORMAT_NAMES,
     FORMATS,
-    Format,
     get_format,
     round_float64_array,
     round_to,
