@@ -356,21 +356,27 @@ def scipy_lse(logits: np.ndarray, targets: np.ndarray, fmt: "str | Format") -> n
 # torch implementations (torch's CPU kernels on tensors of the format's dtype)
 
 
-def torch_ce(logits: np.ndarray, targets: np.ndarray, fmt: "str | Format") -> np.ndarray:
-    """torch.nn.functional.cross_entropy(x, t, reduction="none"); not step-wise."""
+def torch_ce(logits: np.ndarray, targets: np.ndarray, fmt: "str | Format", *,
+             reduction: str = "none") -> np.ndarray:
+    """torch.nn.functional.cross_entropy(x, t, reduction=reduction); not step-wise.
+
+    With ``reduction="mean"`` or ``"sum"`` torch reduces its own way (nn.CrossEntropyLoss's
+    default is "mean") and a 0-d array of fmt's dtype is returned.
+    """
     import torch.nn.functional as F
 
     x, t, f, _ = _prepare(logits, targets, fmt, _Recorder(None))
-    out = F.cross_entropy(to_torch(x), to_torch(t), reduction="none")
+    out = F.cross_entropy(to_torch(x), to_torch(t), reduction=reduction)
     return from_torch(out)
 
 
 def torch_logsoftmax_nll(logits: np.ndarray, targets: np.ndarray, fmt: "str | Format", *,
-                         trace: "list | None" = None) -> np.ndarray:
-    """F.nll_loss(F.log_softmax(x, dim=-1), t, reduction="none").
+                         trace: "list | None" = None, reduction: str = "none") -> np.ndarray:
+    """F.nll_loss(F.log_softmax(x, dim=-1), t, reduction=reduction).
 
     Steps: [cast] log_softmax lp (torch's kernel, one composite step, stored in the
-    format), nll loss = -lp[t].
+    format), nll loss = -lp[t].  With ``reduction="mean"``/``"sum"`` nll_loss reduces its
+    own way (on CPU it accumulates in the input dtype) and a 0-d array is returned.
     """
     import torch.nn.functional as F
 
@@ -379,7 +385,7 @@ def torch_logsoftmax_nll(logits: np.ndarray, targets: np.ndarray, fmt: "str | Fo
     X, T = to_torch(x), to_torch(t)
     lp = rec("lp", "log_softmax", (X,), (xs,), F.log_softmax(X, dim=-1))
     return from_torch(rec("loss", "nll", (lp, T), ("lp", "targets"),
-                          F.nll_loss(lp, T, reduction="none")))
+                          F.nll_loss(lp, T, reduction=reduction)))
 
 
 def torch_manual(logits: np.ndarray, targets: np.ndarray, fmt: "str | Format", *,
