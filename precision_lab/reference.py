@@ -1,0 +1,424 @@
+"""Certified cross-entropy: -log softmax(x)[t] of the exact inputs, correctly rounded.
+
+Every logit is taken as the exact binary number it stores.  The per-sample loss
+
+    L = logsumexp(x) - x_t = (m - x_t) + log1p(S'),   S' = sum_{j != k} exp(x_j - m)
+
+(m the row maximum, k the target if it is a maximum, else one argmax) is rounded once,
+straight to the requested format with :func:`formats.round_to`.  The second form has no
+cancellation: both terms are >= 0, so it stays accurate when the prediction is confident
+and the loss is far below the ULP of the logits (logits [700, 0, 0], target 0: L is about
+1.97e-304).
+
+Two evaluation paths, one answer:
+
+* exact (Ziv's strategy, as Herbie and CORE-MATH use it): an enclosure [lo, hi] of L is
+  computed in mpmath at ``prec`` bits with a rigorous error bound; if both ends round to
+  the same value it is returned, otherwise the precision doubles, up to
+  :data:`MAX_PRECISION` bits, after which :class:`ReferenceError` names the row.  A guess
+  is never returned.  No tie can stall it: L is either exactly 0 (the target is the only
+  finite logit) or irrational -- by Lindemann-Weierstrass, e^L = sum_j e^(x_j - x_t) with
+  rational L forces all finite x_j to equal x_t + L with multiplicity one -- so it is never
+  a rounding midpoint; the same argument covers the sum and mean of a batch.
+* fast (``precision_lab._fastref``): the whole batch, vectorized, in float64 (targets
+  float16, bfloat16, float32) or double-double arithmetic (float64) with a rigorous
+  per-row error bound; rows whose enclosure does not round to one value go to the exact
+  path, so the values are bit-identical to the exact path's.
+
+Assumptions behind "rigorous" (documented, not proven here): mpmath's ``mpf_exp`` and
+``mpf_log`` return results within 8 ulps of the working precision (they work with 14 and
+20 guard bits and round once; ``mpf_log`` compensates the cancellation near 1); numpy's
+float64 ``exp``/``log1p`` are within 4 ulps (NumPy's own acceptance limit for its SIMD
+versions).  Everything else is exact or bounded by the standard model of IEEE arithmetic.
+
+Non-finite inputs (decided exactly, before either path; ``ReferenceResult.special_rows``):
+
+* a NaN anywhere in the row -> NaN;
+* a +inf logit: target +inf and the only +inf -> 0 (the limit x_t -> +inf); target +inf
+  with another +inf -> NaN (inf - inf, undefined); target not +inf -> +inf;
+* target -inf (masked): +inf, or NaN if every logit is -inf (lse = -inf, undefined);
+* the target the only finite logit (V = 1, or all others masked with -inf) -> exactly 0.
+
+Losses are >= 0, so results are never negative; a loss beyond the format's range rounds to
++inf (float16 logits [65504, -65504], target 1: L = 131008 -> inf).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import mpmath
+import numpy as np
+from mpmath import libmp
+
+from . import _fastref
+from .formats import Format, get_format, round_to
+
+__all__ = ["ReferenceError", "ReferenceResult", "cross_entropy", "cross_entropy_detailed",
+           "MAX_PRECISION", "START_PRECISION"]
+
+#: Working precision (bits) of the first exact attempt; it doubles on every retry.
+START_PRECISION = 128
+#: A row still ambiguous at this precision raises :class:`ReferenceError`.
+MAX_PRECISION = 10240
+#: The exact path also refines until the enclosure is this narrow (relative), so that
+#: ``hi + lo`` carries ~100 correct bits.
+_HILO_BITS = 102
+
+_FLOOR, _CEIL, _NEAR = libmp.round_floor, libmp.round_ceiling, libmp.round_nearest
+_ONE = libmp.fone
+
+Reduction = Literal["none", "mean", "sum"]
+Method = Literal["auto", "exact", "fast"]
+
+
+class ReferenceError(ArithmeticError):  # noqa: A001 -- the name the contract asks for
+    """A row (or a reduction) whose enclosure still straddles a rounding boundary of the
+    target format at :data:`MAX_PRECISION` bits.  The message names the row index."""
+
+
+@dataclass
+class ReferenceResult:
+    """The reference loss of a batch, with the unrounded truth next to it.
+
+    Attributes:
+        values: the correctly rounded losses, fmt's dtype; shape (B,) for reduction "none",
+            shape () (a 0-d array) for "mean" and "sum".
+        hi, lo: float64 arrays (same shape as ``values``), a double-double approximation of
+            the exact unrounded loss: |hi + lo - L| <= err.  Exact path: relative error
+            <= 2**-100 (absolute <= 2**-1074 where L is below the float64 normal range).
+            Fast path: relative error ~2**-37..2**-50 for float16/bfloat16/float32
+            targets, ~2**-80 for float64 targets -- at most 2**-13 ULP of the target
+            format in every case, and the enclosure [hi+lo-err, hi+lo+err] never contains
+            a rounding midpoint.  inf/NaN where the loss is (hi = inf, err = inf where L
+            exceeds the float64 range although it may be finite in exact arithmetic).
+        err: float64, a rigorous bound on |hi + lo - L| (0 where L is known exactly).
+        slow_rows: rows evaluated by the exact (mpmath, Ziv) path; for a reduction, rows
+            re-evaluated there to decide the rounding of the sum/mean.
+        special_rows: rows decided exactly by the non-finite rules (NaN, +-inf, zero loss).
+        rows: B, the number of samples.
+        method: the method used ("exact" or "fast").
+    """
+
+    values: np.ndarray
+    hi: np.ndarray
+    lo: np.ndarray
+    err: np.ndarray
+    slow_rows: int
+    special_rows: int
+    rows: int
+    method: str
+
+
+def cross_entropy(logits: np.ndarray, targets: np.ndarray, fmt: "str | Format",
+                  reduction: Reduction = "none") -> np.ndarray:
+    """Correctly rounded cross-entropy loss of exact logits; see :func:`cross_entropy_detailed`.
+
+    Returns:
+        shape (B,) array of fmt's dtype (reduction "none"), or a 0-d array of fmt's dtype
+        (reduction "mean" or "sum").
+    """
+    return cross_entropy_detailed(logits, targets, fmt, reduction).values
+
+
+def cross_entropy_detailed(logits: np.ndarray, targets: np.ndarray, fmt: "str | Format",
+                           reduction: Reduction = "none",
+                           method: Method = "auto") -> ReferenceResult:
+    """Correctly rounded -log softmax(logits)[target] per row, or its mean or sum.
+
+    Args:
+        logits: shape (B, V), dtype float16, bfloat16, float32 or float64; any values,
+            -inf for masked classes (see the module docstring for NaN and +-inf).
+        targets: shape (B,), integers in [0, V).
+        fmt: the format of the result (need not be the logits' format).
+        reduction: "none" (per-sample losses, nats), "sum" (the correctly rounded sum of
+            the exact per-sample losses), "mean" (the correctly rounded sum / B; NaN for
+            B = 0).  A NaN loss makes the sum/mean NaN, else a +inf loss makes it +inf.
+        method: "exact" (mpmath Ziv loop for every row), "fast" or "auto" (vectorized
+            bounded evaluation, ambiguous rows on the exact path; same values).
+
+    Raises:
+        ValueError: bad shapes/dtypes, unknown reduction/method, or a target out of range
+            (the message names the first such row).
+        ReferenceError: a row or reduction not decided at MAX_PRECISION bits.
+    """
+    f = get_format(fmt)
+    if reduction not in ("none", "mean", "sum"):
+        raise ValueError(f"reduction must be 'none', 'mean' or 'sum', not {reduction!r}")
+    if method not in ("auto", "exact", "fast"):
+        raise ValueError(f"method must be 'auto', 'exact' or 'fast', not {method!r}")
+    x, t = _validate(logits, targets)
+    B = x.shape[0]
+    special, special_val = _classify(x, t)
+    general = np.flatnonzero(~special)
+
+    values = np.zeros(B, dtype=f.np_dtype)
+    hi = np.where(special, special_val, 0.0)
+    lo = np.zeros(B)
+    err = np.zeros(B)
+    values[special] = special_val[special].astype(f.np_dtype)  # 0, inf, nan: exact casts
+    enclosures: dict[int, tuple] = {}  # row -> (lo, hi) raw mpf, for reductions
+    exact_rows: dict[int, _ExactRow] = {}
+
+    if method == "exact":
+        todo = general
+    else:
+        fr = _fastref.fast_rows(x[general], t[general], f)
+        good = general[fr.ok]
+        values[good] = fr.values[fr.ok]
+        hi[good], lo[good], err[good] = fr.hi[fr.ok], fr.lo[fr.ok], fr.err[fr.ok]
+        if reduction != "none":
+            for i, h, l_, e in zip(good.tolist(), fr.hi[fr.ok].tolist(),
+                                   fr.lo[fr.ok].tolist(), fr.err[fr.ok].tolist()):
+                enclosures[i] = _float_enclosure(h, l_, e)
+        todo = general[~fr.ok]
+
+    for i in todo.tolist():
+        row = _ExactRow(x[i], int(t[i]))
+        exact_rows[i] = row
+        v, h, l_, e, enc = row.evaluate(f, i)
+        values[i], hi[i], lo[i], err[i] = v, h, l_, e
+        enclosures[i] = enc
+    slow = len(todo)
+    used = "exact" if method == "exact" else "fast"
+
+    if reduction == "none":
+        return ReferenceResult(values, hi, lo, err, slow, int(special.sum()), B, used)
+    v, h, l_, e, extra = _reduce(x, t, f, reduction, special, special_val, general,
+                                 enclosures, exact_rows)
+    return ReferenceResult(np.asarray(v, dtype=f.np_dtype), np.asarray(h), np.asarray(l_),
+                           np.asarray(e), slow + extra, int(special.sum()), B, used)
+
+
+# ---------------------------------------------------------------------------------------
+# input checks and the non-finite rules
+
+def _validate(logits: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    arr = np.asarray(logits)
+    if arr.ndim != 2:
+        raise ValueError(f"logits must have shape (B, V), got shape {arr.shape}")
+    try:
+        get_format(arr.dtype)
+    except ValueError:
+        raise ValueError(f"logits dtype {arr.dtype} is not float16, bfloat16, float32 or "
+                         "float64") from None
+    B, V = arr.shape
+    if V == 0:
+        raise ValueError("logits need at least one class (V >= 1)")
+    tg = np.asarray(targets)
+    if tg.shape != (B,):
+        raise ValueError(f"targets must have shape ({B},), got shape {tg.shape}")
+    if B and not np.issubdtype(tg.dtype, np.integer):
+        raise ValueError(f"targets must be integers, got dtype {tg.dtype}")
+    tg = tg.astype(np.int64)
+    bad = np.flatnonzero((tg < 0) | (tg >= V))
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(f"row {i}: target {int(tg[i])} is out of range [0, {V})"
+                         + (f" ({bad.size} rows in all)" if bad.size > 1 else ""))
+    return arr.astype(np.float64), tg  # exact: every format embeds in float64
+
+
+def _classify(x: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(special mask, exact loss of the special rows) per the module docstring's rules."""
+    B, V = x.shape
+    val = np.full(B, np.nan)
+    special = np.ones(B, dtype=bool)
+    with np.errstate(over="ignore", invalid="ignore"):
+        clean = np.isfinite(x.sum(axis=1))  # one pass: a NaN or inf makes the sum non-finite
+    if V > 1:
+        special[clean] = False
+    odd = np.flatnonzero(~clean)  # rows with non-finite values (or a sum that overflowed)
+    if V == 1:
+        odd = np.arange(B)
+    ss, sv = _classify_slow(x[odd], t[odd])
+    val[odd], special[odd] = sv, ss
+    return special, val
+
+
+def _classify_slow(x: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    B = x.shape[0]
+    xt = x[np.arange(B), t]
+    has_nan = np.isnan(x).any(axis=1)
+    n_pinf = (x == np.inf).sum(axis=1)
+    n_fin = np.isfinite(x).sum(axis=1)
+    val = np.full(B, np.nan)
+    special = np.ones(B, dtype=bool)
+    pinf = ~has_nan & (n_pinf > 0)
+    val[pinf & (xt == np.inf) & (n_pinf == 1)] = 0.0
+    val[pinf & (xt != np.inf)] = np.inf
+    ninf_t = ~has_nan & (n_pinf == 0) & (xt == -np.inf)
+    val[ninf_t & (n_fin > 0)] = np.inf
+    lone = ~has_nan & (n_pinf == 0) & np.isfinite(xt) & (n_fin == 1)
+    val[lone] = 0.0
+    special[~has_nan & (n_pinf == 0) & np.isfinite(xt) & (n_fin > 1)] = False
+    return special, val
+
+
+# ---------------------------------------------------------------------------------------
+# exact path
+
+def _mpf(raw: tuple) -> mpmath.mpf:
+    return mpmath.mp.make_mpf(raw)
+
+
+def _scaled(raw: tuple, num: int, bits: int, prec: int, rnd: str) -> tuple:
+    """raw * num / 2**bits, directed-rounded to prec bits."""
+    return libmp.mpf_mul(raw, libmp.from_man_exp(num, -bits), prec, rnd)
+
+
+class _ExactRow:
+    """One general row (finite target, >= 2 finite logits, no NaN/+inf), prepared once so
+    that retries at higher precision reuse the sort and the distinct values."""
+
+    def __init__(self, row: np.ndarray, t: int):
+        fin = row[np.isfinite(row)]
+        vals, counts = np.unique(fin, return_counts=True)  # ascending; repeats cost one exp
+        m = float(vals[-1])
+        counts[-1] -= 1  # drop one copy of the maximum: S' = sum over j != k
+        keep = counts > 0
+        self.vals, self.counts = vals[keep], counts[keep]
+        self.n = int(self.counts.sum())
+        self.m_f = m
+        self.M = libmp.from_float(m)
+        self.D = libmp.mpf_sub(self.M, libmp.from_float(float(row[t])), 0)  # m - x_t, exact
+
+    def enclosure(self, prec: int) -> tuple[tuple, tuple]:
+        """Raw mpf (lo, hi) with lo <= L <= hi, relative width about 2**-prec."""
+        M, n = self.M, self.n
+        bl = n.bit_length()
+        Q = prec + bl + 4  # precision of each exp; the sum of n terms keeps ~prec bits
+        W = Q + 8
+        ymax = libmp.mpf_sub(libmp.from_float(float(self.vals[-1])), M, 0)
+        # Terms with x_j - m <= ymax - (Q + bl) ln 2 add up to < 2**-Q * exp(ymax) <=
+        # 2**-Q * S': bound them instead of computing them.  c: the largest float with
+        # c - m <= that threshold.
+        thr = libmp.mpf_sub(ymax, libmp.from_float((Q + bl) * 0.6932), 0)
+        cut_raw = libmp.mpf_add(M, thr, 0)
+        c = libmp.to_float(cut_raw, rnd=_FLOOR)
+        while libmp.mpf_gt(libmp.from_float(c), cut_raw):
+            c = float(np.nextafter(c, -np.inf))
+        first = int(np.searchsorted(self.vals, c, side="right"))
+        skipped = first > 0
+        e0 = libmp.mpf_exp(ymax, Q, _NEAR)
+        F = Q + bl + 2 - (e0[2] + e0[3])  # fixed point: the largest term has ~Q+bl+2 bits
+        s_lo = s_hi = 0
+        for v, cnt in zip(self.vals[first:].tolist(), self.counts[first:].tolist()):
+            _, man, ex, _ = libmp.mpf_exp(libmp.mpf_sub(libmp.from_float(v), M, 0), Q, _NEAR)
+            sh = ex + F
+            if sh >= 0:
+                q = man << sh
+                s_lo += q * cnt
+                s_hi += q * cnt
+            else:
+                s_lo += (man >> -sh) * cnt
+                s_hi += (-((-man) >> -sh)) * cnt
+        # each exp is within 8 ulps (relative 2**-(Q-4)): widen by twice that
+        lo_S = _scaled(libmp.from_man_exp(s_lo, -F), (1 << (Q - 3)) - 1, Q - 3, W, _FLOOR)
+        hi_S = _scaled(libmp.from_man_exp(s_hi, -F), (1 << (Q - 3)) + 1, Q - 3, W, _CEIL)
+        if skipped:
+            hi_S = _scaled(hi_S, (1 << Q) + 1, Q, W, _CEIL)
+        lo_l, hi_l = _log1p_down(lo_S, W), _log1p_up(hi_S, W)
+        return (libmp.mpf_add(self.D, lo_l, W, _FLOOR), libmp.mpf_add(self.D, hi_l, W, _CEIL))
+
+    def evaluate(self, f: Format, index: int):
+        """Ziv loop: (value, hi, lo, err, (lo, hi) enclosure) or raise ReferenceError."""
+        prec = START_PRECISION
+        while prec <= MAX_PRECISION:
+            enc = self.enclosure(prec)
+            a, b = round_to(_mpf(enc[0]), f), round_to(_mpf(enc[1]), f)
+            width = libmp.mpf_sub(enc[1], enc[0], 0)
+            narrow = libmp.mpf_le(width, libmp.mpf_shift(enc[0], -_HILO_BITS))
+            if a == b and narrow:
+                return (a, *_hilo(enc), enc)
+            prec *= 2
+        raise ReferenceError(f"row {index}: the loss is not decided at {MAX_PRECISION} bits "
+                             "(enclosure still straddles a rounding boundary)")
+
+
+def _log1p_down(s: tuple, W: int) -> tuple:
+    """A lower bound of log1p(s), s >= 0, within relative 2**-(W-4)."""
+    if s[2] + s[3] < -W:  # s < 2**-W: log1p(s) >= s - s**2/2 >= s (1 - s); 1 + s not formed
+        return libmp.mpf_mul(s, libmp.mpf_sub(_ONE, s, W, _FLOOR), W, _FLOOR)
+    r = libmp.mpf_log(libmp.mpf_add(_ONE, s, 0), W, _FLOOR)
+    return _scaled(r, (1 << (W - 3)) - 1, W - 3, W, _FLOOR)  # mpf_log within 8 ulps
+
+
+def _log1p_up(s: tuple, W: int) -> tuple:
+    """An upper bound of log1p(s), s >= 0, within relative 2**-(W-4)."""
+    if s[2] + s[3] < -W:
+        return s  # log1p(s) <= s
+    r = libmp.mpf_log(libmp.mpf_add(_ONE, s, 0), W, _CEIL)
+    return _scaled(r, (1 << (W - 3)) + 1, W - 3, W, _CEIL)
+
+
+def _hilo(enc: tuple[tuple, tuple]) -> tuple[float, float, float]:
+    """(hi, lo, err) of an enclosure: hi + lo the midpoint to ~106 bits, err a bound."""
+    mid = libmp.mpf_shift(libmp.mpf_add(enc[0], enc[1], 0), -1)
+    half = libmp.mpf_shift(libmp.mpf_sub(enc[1], enc[0], 0), -1)
+    hi = float(round_to(_mpf(mid), "float64"))
+    if not math.isfinite(hi):
+        return hi, 0.0, math.inf
+    rest = libmp.mpf_sub(mid, libmp.from_float(hi), 0)
+    lo = float(round_to(_mpf(rest), "float64"))
+    resid = libmp.mpf_abs(libmp.mpf_sub(rest, libmp.from_float(lo), 0))
+    bound = libmp.mpf_add(half, resid, 60, _CEIL)
+    if bound == libmp.fzero:
+        return hi, lo, 0.0
+    # to_float flushes values below the float64 range to 0: keep it an upper bound
+    return hi, lo, float(np.nextafter(libmp.to_float(bound, rnd=_CEIL), np.inf))
+
+
+def _float_enclosure(hi: float, lo: float, err: float) -> tuple[tuple, tuple]:
+    """Exact raw-mpf enclosure [hi + lo - err, hi + lo + err] (never below 0)."""
+    c = libmp.mpf_add(libmp.from_float(hi), libmp.from_float(lo), 0)
+    e = libmp.from_float(err)
+    low = libmp.mpf_sub(c, e, 0)
+    if libmp.mpf_lt(low, libmp.fzero):
+        low = libmp.fzero
+    return low, libmp.mpf_add(c, e, 0)
+
+
+# ---------------------------------------------------------------------------------------
+# reductions
+
+def _reduce(x, t, f: Format, reduction: str, special, special_val, general, enclosures,
+            exact_rows):
+    """Correctly rounded sum/mean of the exact per-row losses.  Returns (value, hi, lo, err,
+    rows newly evaluated on the exact path)."""
+    B = x.shape[0]
+    sv = special_val[special]
+    if reduction == "mean" and B == 0:
+        return np.nan, np.nan, 0.0, np.nan, 0
+    if np.isnan(sv).any():
+        return np.nan, np.nan, 0.0, np.nan, 0
+    if np.isinf(sv).any():
+        return np.inf, np.inf, 0.0, np.inf, 0
+    extra = 0
+    prec = START_PRECISION
+    while True:
+        rows = [enclosures[i] for i in general.tolist()]
+        W = prec + 2 * max(B, 1).bit_length() + 16
+        s_lo = s_hi = libmp.fzero
+        for a, b in rows:
+            s_lo = libmp.mpf_add(s_lo, a, W, _FLOOR)
+            s_hi = libmp.mpf_add(s_hi, b, W, _CEIL)
+        if reduction == "mean":
+            nB = libmp.from_int(B)
+            s_lo = libmp.mpf_div(s_lo, nB, W, _FLOOR)
+            s_hi = libmp.mpf_div(s_hi, nB, W, _CEIL)
+        a, b = round_to(_mpf(s_lo), f), round_to(_mpf(s_hi), f)
+        if a == b:  # hi/lo then carry the accuracy of the per-row enclosures
+            return (a, *_hilo((s_lo, s_hi)), extra)
+        if prec > MAX_PRECISION:
+            raise ReferenceError(f"{reduction} of rows 0..{B - 1}: not decided at "
+                                 f"{MAX_PRECISION} bits")
+        # refine every row on the exact path, at the next precision
+        for i in general.tolist():
+            if i not in exact_rows:
+                exact_rows[i] = _ExactRow(x[i], int(t[i]))
+                extra += 1
+            enclosures[i] = exact_rows[i].enclosure(prec)
+        prec *= 2
