@@ -1,0 +1,230 @@
+"""Running experiments: the results-folder schema, determinism, reductions, resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from precision_lab import experiment as exp
+from precision_lab.config import load_config
+from precision_lab.experiment import (ResultsExistError, RunError, reduce_in_format,
+                                      run_experiment)
+from precision_lab.metrics import CATEGORIES
+
+SAMPLE_COLUMNS = ["point", "scale", "sample", "batch", "row", "implementation", "format",
+                  "computed", "reference", "exact_hi", "exact_lo", "ulp_distance", "ulp_error",
+                  "bits_of_error", "relative_error", "category"]
+
+
+def test_results_folder_schema(tiny_config, tmp_path):
+    res = run_experiment(load_config(tiny_config), tmp_path / "out", quiet=True)
+    d = res.path
+    assert d == tmp_path / "out" / "tiny"
+    for name in ("samples.parquet", "summary.json", "summary.csv", "agreement.json",
+                 "agreement.csv", "manifest.json", "report.md", "report.html"):
+        assert (d / name).is_file(), name
+    assert not (d / "partial").exists()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["tiny"]  # no temp dirs
+
+    t = pq.read_table(d / "samples.parquet")
+    assert t.column_names == SAMPLE_COLUMNS
+    # 2 points x 2 formats x 3 implementations x (2 batches x 3 rows)
+    assert t.num_rows == 72
+    assert str(t.schema.field("ulp_distance").type) == "uint64"
+    assert set(t.column("category").to_pylist()) <= set(CATEGORIES)
+    fin = np.array(t.column("category").to_pylist()) == "finite"
+    ref = t.column("reference").to_numpy()
+    hi, lo = t.column("exact_hi").to_numpy(), t.column("exact_lo").to_numpy()
+    fmt = np.array(t.column("format").to_pylist())
+    # the reference is the exact value rounded to the format: within half an ulp of hi + lo
+    f32 = fin & (fmt == "float32")
+    assert np.all(np.abs(ref[f32] - hi[f32] - lo[f32]) <= 2.0**-24 * np.abs(hi[f32]))
+
+    summary = json.loads((d / "summary.json").read_text())
+    rows = summary["rows"]
+    assert len(rows) == 2 * 3 * 2 and summary["sweep_axes"] == ["scale"]
+    r0 = rows[0]
+    assert list(r0)[:4] == ["point", "scale", "implementation", "format"]
+    for k in exp.SUMMARY_STATS:
+        assert k in r0
+    assert r0["count"] == 6 and sum(r0[f"n_{c}"] for c in CATEGORIES) == 6
+    assert (d / "summary.csv").read_text().splitlines()[0].startswith(
+        "point,scale,implementation,format,count")
+
+    agree = json.loads((d / "agreement.json").read_text())["rows"]
+    assert len(agree) == 2 * 2 * 3  # points x formats x pairs
+    assert {"implementation_a", "implementation_b", "identical_rate", "ulp_distance_mean",
+            "ulp_distance_max"} <= set(agree[0])
+
+    m = json.loads((d / "manifest.json").read_text())
+    assert m["status"] == "complete" and len(m["config_sha256"]) == 64
+    assert m["config"]["formats"] == ["float16", "float32"]
+    assert m["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert m["versions"]["torch"] == torch.__version__ and m["seed"] == 7
+    assert [p["params"]["scale"] for p in m["points"]] == [1.0, 30.0]
+    assert "timings" in m and "wall_seconds" in m and "platform" in m
+    plots = sorted(p.name for p in (d / "plots").glob("*.png"))
+    assert plots == sorted(["ulp_hist_float16.png", "ulp_hist_float32.png",
+                            "ulp_vs_scale_float16.png", "ulp_vs_scale_float32.png",
+                            "mean_ulp_by_format.png"])
+    assert sorted(m["plots"]) == sorted(f"plots/{p}" for p in plots)
+
+
+def test_same_config_gives_identical_tables(tiny_config, tmp_path):
+    cfg = load_config(tiny_config)
+    a = run_experiment(cfg, tmp_path / "a", quiet=True).path
+    b = run_experiment(cfg, tmp_path / "b", quiet=True).path
+    for name in ("samples.parquet", "summary.json", "summary.csv", "agreement.json",
+                 "agreement.csv"):
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+
+
+def test_existing_results_are_never_overwritten_silently(tiny_config, tmp_path):
+    cfg = load_config(tiny_config)
+    run_experiment(cfg, tmp_path, quiet=True)
+    before = (tmp_path / "tiny" / "manifest.json").read_bytes()
+    with pytest.raises(ResultsExistError, match="--force"):
+        run_experiment(cfg, tmp_path, quiet=True)
+    assert (tmp_path / "tiny" / "manifest.json").read_bytes() == before
+    with pytest.raises(ResultsExistError, match="nothing to resume"):
+        run_experiment(cfg, tmp_path, quiet=True, resume=True)
+    res = run_experiment(cfg, tmp_path, quiet=True, force=True)
+    assert res.computed_chunks == 4
+
+
+def _interrupt_after(monkeypatch, n: int):
+    real = exp.compute_chunk
+    calls = {"n": 0}
+
+    def flaky(*args, **kwargs):
+        if calls["n"] >= n:
+            raise KeyboardInterrupt
+        calls["n"] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(exp, "compute_chunk", flaky)
+
+
+def test_interrupt_then_resume_equals_uninterrupted(tiny_config, tmp_path, monkeypatch):
+    cfg = load_config(tiny_config)
+    clean = run_experiment(cfg, tmp_path / "clean", quiet=True).path
+    out = tmp_path / "run"
+    with monkeypatch.context() as mp:
+        _interrupt_after(mp, 1)
+        with pytest.raises(KeyboardInterrupt):
+            run_experiment(cfg, out, quiet=True)
+    target = out / "tiny"
+    m = json.loads((target / "manifest.json").read_text())
+    assert m["status"] == "partial" and m["chunks_done"] == 1 and m["chunks_total"] == 4
+    assert [p.name for p in (target / "partial").glob("*.parquet")] == ["p00000_float16.parquet"]
+    assert not (target / "samples.parquet").exists()
+    assert sorted(p.name for p in out.iterdir()) == ["tiny"]  # no half-written folder
+    with pytest.raises(ResultsExistError, match="--resume"):
+        run_experiment(cfg, out, quiet=True)
+    res = run_experiment(cfg, out, quiet=True, resume=True)
+    assert (res.computed_chunks, res.resumed_chunks) == (3, 1)
+    for name in ("samples.parquet", "summary.json", "agreement.json"):
+        assert (target / name).read_bytes() == (clean / name).read_bytes(), name
+    assert json.loads((target / "manifest.json").read_text())["status"] == "complete"
+
+
+def test_resume_refuses_a_changed_config(tiny_config, tmp_path, monkeypatch, write_config):
+    with monkeypatch.context() as mp:
+        _interrupt_after(mp, 1)
+        with pytest.raises(KeyboardInterrupt):
+            run_experiment(load_config(tiny_config), tmp_path, quiet=True)
+    changed = write_config(tiny_config.read_text().replace("seed = 7", "seed = 8"), "b.toml")
+    with pytest.raises(RunError, match="different config"):
+        run_experiment(load_config(changed), tmp_path, quiet=True, resume=True)
+    assert (tmp_path / "tiny" / "partial" / "p00000_float16.parquet").exists()
+
+
+def test_failure_while_finishing_keeps_chunks(tiny_config, tmp_path, monkeypatch):
+    def boom(*a, **k):
+        raise RuntimeError("plotting failed")
+
+    import precision_lab.plots as plots
+
+    monkeypatch.setattr(plots, "make_plots", boom)
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError):
+        run_experiment(load_config(tiny_config), out, quiet=True)
+    assert sorted(p.name for p in out.iterdir()) == ["tiny"]  # the temp folder is gone
+    assert len(list((out / "tiny" / "partial").glob("*.parquet"))) == 4
+    monkeypatch.undo()
+    res = run_experiment(load_config(tiny_config), out, quiet=True, resume=True)
+    assert res.computed_chunks == 0 and res.resumed_chunks == 4
+
+
+# ---------------------------------------------------------------- reductions
+
+def seed_manual_loop(x: torch.Tensor, y0: torch.Tensor) -> torch.Tensor:
+    """compute_crossentropyloss_manual from the seed answer, verbatim."""
+    loss = 0.
+    n_batch, n_class = x.shape
+    for x1, y1 in zip(x, y0):
+        class_index = int(y1.item())
+        loss = loss + torch.log(torch.exp(x1[class_index]) / (torch.exp(x1).sum()))
+    loss = - loss / n_batch
+    return loss
+
+
+def test_generic_mean_reproduces_the_seed_loop_bit_for_bit():
+    g = torch.Generator().manual_seed(3)
+    for _ in range(200):
+        B = int(torch.randint(1, 13, (1,), generator=g))
+        x = torch.randn(B, 7, generator=g) * 4
+        y = torch.randint(0, 7, (B,), generator=g)
+        per = torch.stack([-torch.log(torch.exp(r[c]) / torch.exp(r).sum()) for r, c in zip(x, y)])
+        ours = reduce_in_format(per.numpy(), "mean", "float32")
+        assert ours.dtype == np.float32
+        assert ours.view(np.uint32) == seed_manual_loop(x, y).numpy().view(np.uint32)
+
+
+def test_reduce_in_format_sums_in_the_format():
+    v = np.array([1.0, 2.0**-11, 2.0**-11], dtype=np.float16)
+    # left to right in float16: 1 + 2^-11 ties to 1, twice; the exact sum would be 1 + 2^-10
+    assert reduce_in_format(v, "sum", "float16") == np.float16(1.0)
+    assert reduce_in_format(np.array([1.0, 2.0, 4.0]), "mean", "float64") == 7.0 / 3
+
+
+def reducing_impl(logits, targets, fmt, reduction="none"):
+    """A custom implementation that reduces itself (tests the reduction= hook)."""
+    from precision_lab.formats import get_format
+
+    f = get_format(fmt)
+    x = torch.from_numpy(np.asarray(logits, dtype=np.float64))
+    out = torch.nn.functional.cross_entropy(x, torch.from_numpy(np.asarray(targets)),
+                                            reduction=reduction).numpy()
+    return np.asarray(out, dtype=f.np_dtype) if reduction != "none" else out.astype(f.np_dtype)
+
+
+def test_implementation_with_its_own_reduction_is_asked(write_config, tmp_path, monkeypatch):
+    seen = []
+    real = exp.reduce_in_format
+    monkeypatch.setattr(exp, "reduce_in_format",
+                        lambda *a: seen.append(1) or real(*a))
+    cfg = load_config(write_config("""
+        name = "red"
+        question = "q"
+        classes = 4
+        batch_size = 5
+        samples = 3
+        formats = ["float64"]
+        implementations = ["test_experiment:reducing_impl", "lse"]
+        reduction = "mean"
+        [inputs]
+        generator = "uniform"
+    """))
+    d = run_experiment(cfg, tmp_path, quiet=True).path
+    t = pq.read_table(d / "samples.parquet")
+    assert t.num_rows == 2 * 3 and set(t.column("row").to_pylist()) == {-1}
+    assert len(seen) == 3  # only lse went through the generic reduction, once per batch
+    s = json.loads((d / "summary.json").read_text())
+    assert {r["implementation"] for r in s["rows"]} == {"test_experiment:reducing_impl", "lse"}
+    assert len(s["values"]) == 6  # tiny experiments carry every value
