@@ -189,6 +189,8 @@ def round_to(x: Exact, fmt: "str | Format") -> np.generic:
     q = max(top, f.emin) - (f.precision - 1)  # exponent of the quantum (ulp) at x
     if exp >= q:
         n = man << (exp - q)
+    elif q - exp > man.bit_length():  # |x| < quantum/2: rounds to zero; avoids 1 << huge
+        n = 0
     else:
         shift = q - exp
         n = man >> shift
