@@ -1,0 +1,110 @@
+"""The two seed experiments, run for real (they are small), against the seed's own code."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mpmath
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+import torch.nn as nn
+
+from precision_lab.config import load_config
+from precision_lab.experiment import run_experiment
+
+EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
+
+
+@pytest.fixture(scope="module")
+def seed_question(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("seedq")
+    return run_experiment(load_config(EXPERIMENTS / "seed_question.toml"), out, quiet=True).path
+
+
+@pytest.fixture(scope="module")
+def seed_81(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("seed81")
+    return run_experiment(load_config(EXPERIMENTS / "seed_81_percent.toml"), out,
+                          quiet=True).path
+
+
+def test_seed_question_values(seed_question):
+    doc = json.loads((seed_question / "summary.json").read_text())
+    values = doc["values"]
+    assert len(values) == 8 * 4  # every implementation in every format
+    with mpmath.workprec(200):
+        exact = mpmath.log(3 + mpmath.e) - 1  # -log(e / (3 + e))
+    assert str(exact)[:9] == "0.7436683"
+    by = {(v["implementation"], v["format"]): v for v in values}
+    # nn.CrossEntropyLoss's value, as the seed printed it (0.7437), and the float32 digits
+    torch_loss = nn.CrossEntropyLoss()(torch.tensor([[0.0, 0.0, 0.0, 1.0]]), torch.tensor([3]))
+    assert f"{torch_loss.item():.4f}" == "0.7437"
+    assert by[("torch", "float32")]["computed"] == torch_loss.item()
+    assert by[("torch", "float32")]["reference_repr"] == "0.7436684"
+    for v in values:
+        assert abs(v["exact_hi"] - float(exact)) < 1e-15  # one truth for every format
+        if v["format"] in ("float32", "float64"):
+            assert f"{v['computed']:.4f}" == "0.7437", v
+            assert v["ulp_error"] < 1.5, v
+        assert v["category"] == "finite"
+    assert by[("torch", "float64")]["reference"] == float(exact)  # correctly rounded
+    cfg = json.loads((seed_question / "manifest.json").read_text())["config"]
+    assert "e / (3 + e)" in cfg["notes"] and "0.7437" in cfg["notes"]
+
+
+def seed_manual(x, y0):
+    """compute_crossentropyloss_manual from the seed answer, verbatim."""
+    loss = 0.
+    n_batch, n_class = x.shape
+    for x1, y1 in zip(x, y0):
+        class_index = int(y1.item())
+        loss = loss + torch.log(torch.exp(x1[class_index]) / (torch.exp(x1).sum()))
+    loss = - loss / n_batch
+    return loss
+
+
+def seed_protocol():
+    """The seed's CrossEntropyLoss check, transcribed: (share passing, module, manual)."""
+    torch.manual_seed(0)
+    precision = 15
+    batch_size = 10
+    C = 10
+    N_iter = 1000
+    n_correct_CE = 0
+    criterion2 = nn.CrossEntropyLoss()
+    modules, manuals = [], []
+    for i in range(N_iter):
+        x = torch.rand(size=(batch_size, C)).to(torch.float)
+        y0 = torch.randint(0, C, size=(batch_size,))
+        CEloss = criterion2(x, y0)
+        manual_CEloss = seed_manual(x, y0)
+        CE_loss_check = np.abs((CEloss - manual_CEloss).item()) < 10**-precision
+        if CE_loss_check:
+            n_correct_CE += 1
+        modules.append(CEloss.item())
+        manuals.append(manual_CEloss.item())
+    return n_correct_CE / N_iter, np.array(modules, np.float32), np.array(manuals, np.float32)
+
+
+def test_seed_81_pass_share_equals_the_seed_code(seed_81):
+    share, modules, manuals = seed_protocol()
+    cmp = json.loads((seed_81 / "compare.json").read_text())
+    (res,) = cmp["results"]
+    assert res["format"] == "float32" and res["count"] == 1000
+    assert res["pass_share"] == share
+    assert res["passed"] == res["identical"]  # 1e-15 < float32 ulp: passing means bit-identical
+    assert res["ulp_at_median_reference"] == 2.0**-22  # losses near 2.35
+    # both sides bit-identical to the seed's own computations, batch by batch
+    t = pq.read_table(seed_81 / "samples.parquet")
+    impl = np.array(t.column("implementation").to_pylist())
+    comp = t.column("computed").to_numpy()
+    assert np.array_equal(comp[impl == "torch"].astype(np.float32).view(np.uint32),
+                          modules.view(np.uint32))
+    assert np.array_equal(comp[impl == "torch_manual"].astype(np.float32).view(np.uint32),
+                          manuals.view(np.uint32))
+    for side in ("a_ulp_error", "b_ulp_error"):
+        assert res[side]["count"] == 1000 and 0 < res[side]["mean"] < 1.5
+    assert cmp["findings"] and f"{res['passed']} of 1000" in cmp["findings"][0]["text"]
