@@ -52,7 +52,7 @@ def test_seed_question_values(seed_question):
         assert v["category"] == "finite"
     assert by[("torch", "float64")]["reference"] == float(exact)  # correctly rounded
     cfg = json.loads((seed_question / "manifest.json").read_text())["config"]
-    assert "e / (3 + e)" in cfg["notes"] and "0.7437" in cfg["notes"]
+    assert "e / (3 + e)" in cfg["description"] and "0.7437" in cfg["description"]
 
 
 def seed_manual(x, y0):
