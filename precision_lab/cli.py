@@ -220,6 +220,11 @@ def show_command(
             raise typer.Exit(2)
 
 
+from .explain import explain_command  # noqa: E402 -- explain.py keeps its imports light
+
+app.command("explain")(explain_command)
+
+
 def main() -> None:  # pragma: no cover - console entry
     app(prog_name="precision-lab")
 
