@@ -30,7 +30,7 @@ _TINY = 2.0 ** -1070  # absolute slack for subnormal/underflowed terms
 _CHUNK = 1 << 17  # elements per vectorized block: keeps temporaries in cache
 
 #: Bound on the relative error of :func:`_dd_exp` (derivation in its docstring) and of
-#: :func:`_dd_expm1_nonneg`; tests measure the actual error (about 2**-100).
+#: :func:`_dd_expm1_nonneg`; tests measure the actual error (about 2**-88).
 EPS_EXP = 2.0 ** -84
 EPS_EXPM1 = 2.0 ** -82
 
@@ -155,22 +155,36 @@ def _tables():
 _C1, _C2, _C3, _TH, _TL, _INV = _tables()
 
 
-def _exp_parts(yh, yl):
+_SIXTH_H = 1.0 / 6
+with mpmath.workprec(200):
+    _SIXTH_L = float(mpmath.mpf(1) / 6 - mpmath.mpf(_SIXTH_H))
+
+
+def _exp_parts(yh, yl, accurate_tail: bool = False):
     """exp(yh + yl) = 2**k * T_j * (1 + p), for |yh| <= 746: returns k, j, (ph, pl).
 
     r = y - n ln2/N (n = k N + j) is computed to ~2**-93 absolute (n*C1 and n*C2 exact,
     TwoSum-exact subtractions, the small remainders in float64); p = expm1(r) from
-    r + r^2/2 (double-double) + r^3/6 + ... + r^7/5040 (float64), |r| <= 2**-11.5, so the
-    truncation is < 2**-107 and the float64 tail's rounding < 2**-87; with n = 0, r = y
-    exactly and every error is relative to |r| (p is then relatively accurate)."""
+    r + r^2/2 (double-double) + r^3/6 + ... + r^7/5040, |r| <= 2**-11.5, truncation
+    < 2**-107.  The tail r^3/6 + ... (~2**-37) is float64 (absolute error ~2**-89, fine
+    for exp) or, with ``accurate_tail``, has its r^3/6 term in double-double so that p is
+    accurate relative to itself (~2**-90), as expm1 of a small argument needs."""
     n = np.rint(yh * _INV)
     s1, e1 = _two_sum(yh, -(n * _C1))
     s2, e2 = _two_sum(s1, -(n * _C2))
     rh, rl = _two_sum(s2, ((e1 + e2) + yl) - n * _C3)
     qh, ql = _two_prod(rh, rh)
-    tail = rh * rh * rh * (1 / 6 + rh * (1 / 24 + rh * (1 / 120 + rh * (1 / 720 + rh / 5040))))
-    tail = tail + 0.5 * (rh * rh * rl)
     ph, pe = _two_sum(rh, 0.5 * qh)
+    if accurate_tail:
+        c3h, c3e = _two_prod(qh, rh)  # rh^3 = c3h + c3e + ql*rh
+        s6h, s6e = _two_prod(c3h, _SIXTH_H)
+        s6l = s6e + (c3h * _SIXTH_L + (c3e + ql * rh + 3 * qh * rl) * _SIXTH_H)
+        tail = qh * qh * (1 / 24 + rh * (1 / 120 + rh * (1 / 720 + rh / 5040))) + s6l
+        ph, pe2 = _two_sum(ph, s6h)
+        pe = pe + pe2
+    else:
+        tail = rh * qh * (1 / 6 + rh * (1 / 24 + rh * (1 / 120 + rh * (1 / 720 + rh / 5040))))
+        tail = tail + 0.5 * (qh * rl)
     pl = pe + (rl + (0.5 * ql + rh * rl) + tail)
     ni = n.astype(np.int64)
     j = ni & (_N - 1)
@@ -199,7 +213,7 @@ def _dd_expm1_nonneg(y):
     expm1(y) = (2**k T_j - 1) + 2**k T_j p: for k = 0 the first part is th - 1 (exact by
     Sterbenz) + tl, for k >= 1 it is >= 1; the second part is accurate relative to itself
     (for n = 0 it is p itself).  The two parts cancel by at most a factor 2 (j = 1, p < 0)."""
-    k, j, ph, pl = _exp_parts(y, np.zeros_like(y))
+    k, j, ph, pl = _exp_parts(y, np.zeros_like(y), accurate_tail=True)
     th, tl = _TH[j], _TL[j]
     sc = np.ldexp(1.0, k)
     bh, be = _two_sum(sc * th, -1.0)
