@@ -566,7 +566,7 @@ def preflight(cfg: ExperimentConfig, out_root: "str | Path", *, force: bool = Fa
         if state == "foreign" and not force:
             raise ResultsExistError(f"{target} exists but is not a precision-lab results folder; "
                                     "nothing to resume (use --force to replace it)")
-        if state == "partial" and old.get("config_sha256") != config_hash(cfg):
+        if state == "partial" and old.get("config_sha256") != config_hash(cfg) and not force:
             raise RunError(f"refusing to resume {target}: it was started from a different config "
                            f"(stored hash {str(old.get('config_sha256'))[:12]}..., this config "
                            f"{config_hash(cfg)[:12]}...); use --force to start over")
@@ -599,7 +599,8 @@ def run_experiment(cfg: ExperimentConfig, out_root: "str | Path" = "results", *,
     target = out_root / cfg.name
     say = log or (lambda s: None)
     state, old = preflight(cfg, out_root, force=force, resume=resume)
-    if state != "absent" and not (resume and state == "partial"):
+    resume = resume and state == "partial" and old.get("config_sha256") == config_hash(cfg)
+    if state != "absent" and not resume:
         shutil.rmtree(target)  # only reachable with force (preflight refused otherwise)
 
     from .implementations import get_implementation

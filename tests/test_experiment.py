@@ -142,6 +142,8 @@ def test_resume_refuses_a_changed_config(tiny_config, tmp_path, monkeypatch, wri
     with pytest.raises(RunError, match="different config"):
         run_experiment(load_config(changed), tmp_path, quiet=True, resume=True)
     assert (tmp_path / "tiny" / "partial" / "p00000_float16.parquet").exists()
+    res = run_experiment(load_config(changed), tmp_path, quiet=True, resume=True, force=True)
+    assert (res.computed_chunks, res.resumed_chunks) == (4, 0)  # --force starts over
 
 
 def test_failure_while_finishing_keeps_chunks(tiny_config, tmp_path, monkeypatch):
