@@ -88,7 +88,7 @@ def make_plots(table: pa.Table, summary: list[dict], axes: list[str], out_dir: P
         fig, ax = plt.subplots(figsize=(8, 4.8))
         if errs:
             _histogram(ax, errs)
-            ax.legend(fontsize=8, title="implementation", title_fontsize=8)
+            ax.legend(fontsize=8, title="implementation", title_fontsize=8, loc="upper left")
         else:
             ax.text(0.5, 0.5, "no finite results in this format", ha="center",
                     transform=ax.transAxes)
