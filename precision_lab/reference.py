@@ -89,10 +89,10 @@ class ReferenceResult:
         hi, lo: float64 arrays (same shape as ``values``), a double-double approximation of
             the exact unrounded loss: |hi + lo - L| <= err.  Exact path: relative error
             <= 2**-100 (absolute <= 2**-1074 where L is below the float64 normal range).
-            Fast path: relative error ~2**-37..2**-50 for float16/bfloat16/float32
-            targets, ~2**-80 for float64 targets -- at most 2**-13 ULP of the target
-            format in every case, and the enclosure [hi+lo-err, hi+lo+err] never contains
-            a rounding midpoint.  inf/NaN where the loss is (hi = inf, err = inf where L
+            Fast path: relative error bound about (V + 750) * 2**-53 for float16/bfloat16/
+            float32 targets (lo = 0; 2**-37, i.e. 2**-14 ULP of float32, at V = 32768)
+            and about 2**-80 for float64 targets; the enclosure [hi+lo-err, hi+lo+err]
+            never contains a rounding midpoint of the target format.  inf/NaN where the loss is (hi = inf, err = inf where L
             exceeds the float64 range although it may be finite in exact arithmetic).
         err: float64, a rigorous bound on |hi + lo - L| (0 where L is known exactly).
         slow_rows: rows evaluated by the exact (mpmath, Ziv) path; for a reduction, rows
@@ -328,7 +328,7 @@ class _ExactRow:
         prec = START_PRECISION
         while prec <= MAX_PRECISION:
             enc = self.enclosure(prec)
-            a, b = round_to(_mpf(enc[0]), f), round_to(_mpf(enc[1]), f)
+            a, b = _round_open(enc, f)
             width = libmp.mpf_sub(enc[1], enc[0], 0)
             narrow = libmp.mpf_le(width, libmp.mpf_shift(enc[0], -_HILO_BITS))
             if a == b and narrow:
@@ -336,6 +336,23 @@ class _ExactRow:
             prec *= 2
         raise ReferenceError(f"row {index}: the loss is not decided at {MAX_PRECISION} bits "
                              "(enclosure still straddles a rounding boundary)")
+
+
+def _round_open(enc: tuple[tuple, tuple], f: Format):
+    """Rounded ends of an enclosure lo < L < hi known to be strict (L is irrational).
+
+    A bound can sit exactly on a rounding midpoint while L is beyond it: L = d + 1e-1e9
+    with d = m - x_t a midpoint of the format, where D + tiny rounded to W bits is D and
+    ties-to-even would round the wrong way.  Rounding lo + eps and hi - eps instead
+    changes nothing unless a bound is a midpoint, and then gives L's rounding: a bound
+    x = man * 2**e that is not a midpoint (k + 1/2) 2**q is at least 2**min(e, q - 1) away
+    from every midpoint, and q - 1 >= mag(x) - 54 for every format here."""
+    out = []
+    for x, neg in ((enc[0], 0), (enc[1], 1)):
+        if x[1]:  # nonzero
+            x = libmp.mpf_add(x, (neg, 1, min(x[2], x[2] + x[3] - 64) - 1, 1), 0)
+        out.append(round_to(_mpf(x), f))
+    return out[0], out[1]
 
 
 def _log1p_down(s: tuple, W: int) -> tuple:
@@ -409,7 +426,7 @@ def _reduce(x, t, f: Format, reduction: str, special, special_val, general, encl
             nB = libmp.from_int(B)
             s_lo = libmp.mpf_div(s_lo, nB, W, _FLOOR)
             s_hi = libmp.mpf_div(s_hi, nB, W, _CEIL)
-        a, b = round_to(_mpf(s_lo), f), round_to(_mpf(s_hi), f)
+        a, b = _round_open((s_lo, s_hi), f)
         if a == b:  # hi/lo then carry the accuracy of the per-row enclosures
             return (a, *_hilo((s_lo, s_hi)), extra)
         if prec > MAX_PRECISION:

@@ -216,3 +216,19 @@ def test_any_logits_format_into_any_target(logits_fmt):
         got = R.cross_entropy(x, t, fmt)
         want = np.array([oracle(x[i], t[i], fmt) for i in range(3)], dtype=got.dtype)
         assert same_bits(got, want), (logits_fmt, fmt)
+
+
+def test_loss_just_above_an_exact_midpoint():
+    """L = d + log1p(e^-d) with d = m - x_t exactly a midpoint of the format: L is above it
+    by ~e^-2049, far below any fixed working precision, and must round up (ties-to-even
+    on d would round down).  Hand-derived: 2049 -> 2050 (float16 spacing 2 there),
+    2051 -> 2052, 2**30 + 64 -> 2**30 + 128 (float32 spacing 128)."""
+    x = np.array([[0.0, 2049.0], [0.0, 2051.0], [0.0, 2.0**30 + 64], [2049.0, -1e6]])
+    t = np.array([0, 0, 0, 1])
+    for method in ("exact", "auto"):
+        h = R.cross_entropy_detailed(x, t, "float16", method=method).values
+        assert h[0] == 2050 and h[1] == 2052 and np.isposinf(h[2]) and np.isposinf(h[3])
+        s = R.cross_entropy_detailed(x, t, "float32", method=method).values
+        assert s[2] == np.float32(2.0**30 + 128)
+        # 2049 + 1e6 = 1002049 is a float32 (20 bits), no tie: exact value stays
+        assert s[3] == np.float32(1002049.0)

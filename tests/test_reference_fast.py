@@ -181,7 +181,7 @@ def _rows_strategy(fmt: str):
 
 @pytest.mark.parametrize("fmt", FORMAT_NAMES)
 def test_random_rows_fast_equals_exact(fmt):
-    @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck),
+    @settings(max_examples=75, deadline=None, suppress_health_check=list(HealthCheck),
               derandomize=True)
     @given(_rows_strategy(fmt), st.sampled_from(FORMAT_NAMES))
     def check(data, target_fmt):
@@ -227,3 +227,22 @@ def test_dd_exp_and_expm1_accuracy():
             worst_m1 = max(worst_m1, abs(mpmath.mpf(mh[i]) + mpmath.mpf(ml[i]) - true) / true)
     assert worst_exp <= F.EPS_EXP / 8, float(worst_exp)  # measured ~2**-88.4
     assert worst_m1 <= F.EPS_EXPM1 / 8, float(worst_m1)
+
+
+@pytest.mark.parametrize("fmt", FORMAT_NAMES)
+def test_many_random_rows_across_scales(fmt):
+    """1200 rows, V in 2..40, logit scales from 1e-30 to 1e30 (clipped to the logits
+    format), a fifth of the rows confident, some masked: fast == exact, bit for bit."""
+    rng = np.random.default_rng(31)
+    for logits_fmt in FORMAT_NAMES:
+        f = get_format(logits_fmt)
+        V = int(rng.integers(2, 41))
+        B = 300
+        scale = 10.0 ** rng.uniform(-30, 30, (B, 1))
+        x = rng.standard_normal((B, V)) * scale
+        t = rng.integers(0, V, B)
+        conf = rng.random(B) < 0.2
+        x[conf, t[conf]] = np.abs(x[conf]).max(axis=1) + rng.exponential(30, conf.sum())
+        x[rng.random((B, V)) < 0.05] = -np.inf
+        x = np.clip(x, -f.max_finite, f.max_finite).astype(DT[logits_fmt])
+        agree(x, t, fmt)
