@@ -92,11 +92,12 @@ class ReferenceResult:
             Fast path: relative error bound about (V + 750) * 2**-53 for float16/bfloat16/
             float32 targets (lo = 0; 2**-37, i.e. 2**-14 ULP of float32, at V = 32768)
             and about 2**-80 for float64 targets; the enclosure [hi+lo-err, hi+lo+err]
-            never contains a rounding midpoint of the target format.  inf/NaN where the loss is (hi = inf, err = inf where L
-            exceeds the float64 range although it may be finite in exact arithmetic).
+            never contains a rounding midpoint of the target format.  inf/NaN where the
+            loss is (hi = inf, err = inf where L exceeds the float64 range).
         err: float64, a rigorous bound on |hi + lo - L| (0 where L is known exactly).
-        slow_rows: rows evaluated by the exact (mpmath, Ziv) path; for a reduction, rows
-            re-evaluated there to decide the rounding of the sum/mean.
+        slow_rows: rows evaluated by the exact (mpmath, Ziv) path, including, for a
+            reduction, rows re-evaluated there to decide the rounding of the sum/mean;
+            special rows are not counted.
         special_rows: rows decided exactly by the non-finite rules (NaN, +-inf, zero loss).
         rows: B, the number of samples.
         method: the method used ("exact" or "fast").
