@@ -698,6 +698,7 @@ def run_experiment(cfg: ExperimentConfig, out_root: "str | Path" = "results", *,
         report_paths = write_report(tmp)
         manifest["files"] = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*")
                                    if p.is_file())
+        manifest["plots"] = sorted(str(p.relative_to(tmp)) for p in (tmp / "plots").glob("*.png"))
         _write_json(tmp / "manifest.json", manifest)
         old_dir = out_root / f".{cfg.name}.old-{os.getpid()}"
         os.replace(target, old_dir)
