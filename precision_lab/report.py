@@ -43,6 +43,10 @@ __all__ = [
     "fmt_num",
 ]
 
+#: Extra JSON files a results folder may hold (written by :func:`enrich` or the capability
+#: study), rendered in this order.
+EXTRA_NAMES = ("overflow", "cancellation", "bounds", "attribution", "capabilities", "conditioning")
+
 CATEGORY_NAMES = ("finite", "inf_match", "overflow", "nan", "missed_inf", "undefined")
 
 # Columns of a summary row that are not swept parameters.
@@ -208,7 +212,7 @@ def load_results(results_dir: Path | str) -> Results:
     agreement = _rows(_read_json(root / "agreement.json"))
     compare = _read_json(root / "compare.json")
     extras: dict[str, Any] = {}
-    for name in ("attribution", "bounds", "capabilities", "conditioning"):
+    for name in EXTRA_NAMES:
         v = _read_json(root / f"{name}.json")
         if v is not None:
             extras[name] = v
@@ -342,6 +346,10 @@ def find_accuracy(res: Results) -> list[Finding]:
         rows = [a for a in aggs.values() if a.format == fmt and a.stat]
         if not rows:
             continue
+        most = max(a.stat for a in rows)
+        # rank the implementations that give a finite result on at least half as many samples
+        # as the best one; the others are reported by the non-finite findings
+        rows = [a for a in rows if a.stat >= 0.5 * most]
         rows.sort(key=lambda a: (-(a.exact / a.stat), a.implementation))
         best, worst = rows[0], rows[-1]
         text = (f"In {fmt}, {best.implementation} is correctly rounded on "
@@ -365,39 +373,66 @@ def find_accuracy(res: Results) -> list[Finding]:
     return out
 
 
+def find_by_format(res: Results) -> list[Finding]:
+    """One line per implementation: its correctly rounded share and mean ULP error in each
+    format, side by side (only when the experiment has two formats or more)."""
+    aggs = aggregate(res.summary)
+    fmts = _format_order(a.format for a in aggs.values())
+    if len(fmts) < 2:
+        return []
+    out = []
+    for impl in dict.fromkeys(a.implementation for a in aggs.values()):
+        parts = []
+        for fm in fmts:
+            a = aggs.get((impl, fm))
+            if a is None or not a.stat:
+                continue
+            parts.append(f"{fm} {fmt_pct(a.exact / a.stat)} (mean {fmt_num(a.ulp_mean, 3)} ULP)")
+        if len(parts) >= 2:
+            out.append(Finding(f"{impl}, correctly rounded share by format: " + "; ".join(parts) + ".",
+                               {"implementation": impl}, "by_format"))
+    return out
+
+
 def find_nonfinite(res: Results) -> list[Finding]:
-    """Spurious overflow / NaN per implementation x format, with the swept value where it
-    starts when the experiment sweeps a numeric parameter."""
+    """Spurious overflow / NaN per format, implementations with the same counts grouped, with
+    the swept value where it starts when the experiment sweeps a numeric parameter."""
     out: list[Finding] = []
     param = _numeric_param(res)
     aggs = aggregate(res.summary)
-    for (impl, fmt), a in sorted(aggs.items(), key=lambda kv: (_format_order([kv[0][1]]), kv[0])):
-        for cat, verb in (("overflow", "overflows to inf"), ("nan", "returns NaN"),
-                          ("missed_inf", "misses an infinite truth")):
+    groups: dict[tuple, list[str]] = {}
+    for (impl, fmt), a in sorted(aggs.items()):
+        for cat in ("overflow", "nan", "missed_inf"):
             k = a.cats.get(cat, 0)
             if not k:
                 continue
-            text = f"{impl} {verb} on {k} of {a.total} {fmt} samples"
-            nums: dict[str, Any] = {"implementation": impl, "format": fmt, "category": cat,
-                                    "count": k, "total": a.total}
+            first = last_clean = None
+            every = False
             if param:
                 pts = sorted((r for r in res.summary if r.get("implementation") == impl
-                              and r.get("format") == fmt and param in r),
-                             key=lambda r: r[param])
+                              and r.get("format") == fmt and param in r), key=lambda r: r[param])
                 bad = [r[param] for r in pts if int(r.get(f"n_{cat}") or 0) > 0]
-                good = [r[param] for r in pts if int(r.get(f"n_{cat}") or 0) == 0]
                 if bad:
                     first = bad[0]
-                    below = [g for g in good if g < first]
-                    text += f"; first at {param} = {fmt_num(first)}"
-                    nums["first_" + param] = first
-                    if below:
-                        text += f" (none at {param} = {fmt_num(below[-1])})"
-                        nums["last_clean_" + param] = below[-1]
-                    allbad = [r for r in pts if r[param] >= first]
-                    if allbad and all(int(r.get(f"n_{cat}") or 0) == _total(r) for r in allbad):
-                        text += f", and on every sample from there on"
-            out.append(Finding(text + ".", nums, "nonfinite"))
+                    below = [r[param] for r in pts if int(r.get(f"n_{cat}") or 0) == 0
+                             and r[param] < first]
+                    last_clean = below[-1] if below else None
+            groups.setdefault((fmt, cat, k, a.total, first, last_clean), []).append(impl)
+    verbs = {"overflow": ("overflows to inf on", "overflow to inf on"),
+             "nan": ("returns NaN on", "return NaN on"),
+             "missed_inf": ("misses an infinite truth on", "miss an infinite truth on")}
+    for (fmt, cat, k, total, first, last_clean), names in sorted(
+            groups.items(), key=lambda kv: (_format_order([kv[0][0]]), kv[0][1])):
+        text = f"{_join(names)} {verbs[cat][len(names) > 1]} {k} of {total} {fmt} samples"
+        nums: dict[str, Any] = {"implementations": names, "format": fmt, "category": cat,
+                                "count": k, "total": total}
+        if first is not None:
+            text += f"; first at {param} = {fmt_num(first)}"
+            nums["first_" + param] = first
+            if last_clean is not None:
+                text += f" (none at {param} = {fmt_num(last_clean)})"
+                nums["last_clean_" + param] = last_clean
+        out.append(Finding(text + ".", nums, "nonfinite"))
     return out
 
 
@@ -415,6 +450,8 @@ def find_agreement(res: Results) -> list[Finding]:
         if a is None or b is None:
             continue
         by.setdefault((str(r.get("format")), str(a), str(b)), []).append(r)
+    identical: dict[tuple[str, str], list[tuple[str, int]]] = {}
+    least: list[Finding] = []
     for fmt in _format_order(k[0] for k in by):
         pairs = []
         for (f, a, b), rows in by.items():
@@ -433,27 +470,33 @@ def find_agreement(res: Results) -> list[Finding]:
             pairs.append((rate, a, b, ident, n, dmax))
         if not pairs:
             continue
-        same = [p for p in pairs if p[0] == 1.0]
-        for p in same:
-            out.append(Finding(
-                f"In {fmt}, {p[1]} and {p[2]} give bit-identical losses on every sample"
-                + (f" ({p[4]}/{p[4]})." if p[4] else "."),
-                {"format": fmt, "a": p[1], "b": p[2], "identical_rate": 1.0}, "agreement"))
+        for p in pairs:
+            if p[0] == 1.0:
+                identical.setdefault((p[1], p[2]), []).append((fmt, p[4]))
         rest = [p for p in pairs if p[0] != 1.0 and not math.isnan(p[0])]
         if rest:
             lo = min(rest, key=lambda p: p[0])
             rate_s = fmt_rate(lo[3], lo[4]) if lo[4] else fmt_pct(lo[0])
-            out.append(Finding(
+            least.append(Finding(
                 f"In {fmt}, the least agreeing pair is {lo[1]} vs {lo[2]}: bit-identical on "
                 f"{rate_s}, up to {fmt_num(lo[5])} ULP apart.",
                 {"format": fmt, "a": lo[1], "b": lo[2], "identical_rate": lo[0],
                  "ulp_distance_max": lo[5]}, "agreement"))
-    return out
+    for (a, b), where in identical.items():
+        fm = [w[0] for w in where]
+        n = sum(w[1] or 0 for w in where)
+        out.append(Finding(f"{a} and {b} give bit-identical losses on every sample in "
+                           f"{_join(fm)}" + (f" ({n}/{n})." if n else "."),
+                           {"a": a, "b": b, "formats": fm, "identical_rate": 1.0}, "agreement"))
+    return out + least
 
 
 def find_zero_returns(res: Results) -> list[Finding]:
     """Implementations that return exactly 0 where the correctly rounded truth is not 0 (the
-    cancellation of lse - x_t on confident predictions), from samples.parquet."""
+    cancellation of lse - x_t on confident predictions), from samples.parquet; grouped by
+    format and identical counts.  Left to the cancellation analysis when that ran."""
+    if "cancellation" in res.extras:
+        return []
     t = res.samples()
     if t is None or not {"computed", "reference", "implementation", "format"} <= set(t.column_names):
         return []
@@ -466,51 +509,31 @@ def find_zero_returns(res: Results) -> list[Finding]:
     mask = (comp == 0) & (ref != 0) & np.isfinite(ref)
     if not mask.any():
         return []
-    param = _numeric_param(res)
-    pvals = (np.asarray(t.column(param).to_numpy(zero_copy_only=False), dtype=np.float64)
-             if param and param in t.column_names else None)
     out = []
     for fmt in _format_order(set(fmts[mask])):
+        groups: dict[tuple, list[str]] = {}
         for name in sorted(set(impl[mask & (fmts == fmt)])):
             sel = (impl == name) & (fmts == fmt)
             m = mask & sel
-            k, n = int(m.sum()), int(sel.sum())
-            biggest = float(ref[m].max())
-            text = (f"{name} returns exactly 0 on {k} of {n} {fmt} samples whose correctly "
-                    f"rounded loss is not 0 (the largest such loss is {fmt_num(biggest)})")
-            nums = {"implementation": name, "format": fmt, "count": k, "total": n,
-                    "largest_lost_loss": biggest}
-            if pvals is not None:
-                first = float(np.min(pvals[m]))
-                text += f"; it starts at {param} = {fmt_num(first)}"
-                nums["first_" + param] = first
-            keep = [o for o in sorted(set(impl[fmts == fmt]))
-                    if o != name and not (mask & (impl == o) & (fmts == fmt)).any()
-                    and ((impl == o) & (fmts == fmt) & (ref != 0)).any()]
+            groups.setdefault((int(m.sum()), int(sel.sum()), _r(float(ref[m].max()))), []).append(name)
+        keep = [o for o in sorted(set(impl[fmts == fmt]))
+                if not (mask & (impl == o) & (fmts == fmt)).any()]
+        for (k, n, biggest), names in groups.items():
+            text = (f"{_join(names)} return{'s' if len(names) == 1 else ''} exactly 0 on {k} of {n} "
+                    f"{fmt} samples whose correctly rounded loss is not 0 (the largest such loss "
+                    f"is {fmt_num(biggest)})")
             if keep:
-                text += f"; {', '.join(keep)} never lose{'s' if len(keep) == 1 else ''} it"
-                nums["keeps"] = keep
-            out.append(Finding(text + ".", nums, "cancellation"))
-    return out
-
-
-def find_bounds(res: Results) -> list[Finding]:
-    """From bounds.json (written by :mod:`precision_lab.conditioning`): how often the measured
-    error of an algorithm stays within its Blanchard-Higham-Higham bound."""
-    b = res.extras.get("bounds")
-    if not isinstance(b, dict):
-        return []
-    out = []
-    for item in b.get("findings", []) or []:
-        if isinstance(item, dict) and item.get("text"):
-            out.append(Finding(item["text"], item.get("numbers", {}), "bounds"))
+                text += f"; {_join(keep)} never do"
+            out.append(Finding(text + ".", {"implementations": names, "format": fmt, "count": k,
+                                            "total": n, "largest_lost_loss": biggest},
+                               "cancellation"))
     return out
 
 
 def find_extras(res: Results) -> list[Finding]:
     """Findings that explanatory modules stored with their JSON (``{"findings": [...]}``)."""
     out = []
-    for name in ("attribution", "capabilities", "conditioning"):
+    for name in EXTRA_NAMES:
         obj = res.extras.get(name)
         if isinstance(obj, dict):
             for item in obj.get("findings", []) or []:
@@ -530,12 +553,39 @@ def find_extras(res: Results) -> list[Finding]:
 #: The finding generators, in report order.  Each takes the loaded :class:`Results`.
 FINDERS: list[Callable[[Results], list[Finding]]] = [
     find_accuracy,
+    find_by_format,
+    find_extras,
     find_nonfinite,
     find_zero_returns,
     find_agreement,
-    find_bounds,
-    find_extras,
 ]
+
+
+def _merge_formats(findings: list[Finding]) -> list[Finding]:
+    """Merge findings whose text differs only in the one format name it mentions."""
+    fmt_re = re.compile(r"\b(float16|bfloat16|float32|float64)\b")
+    groups: dict[str, list[tuple[int, str, Finding]]] = {}
+    order: list[str] = []
+    for i, f in enumerate(findings):
+        names = set(fmt_re.findall(f.text))
+        if len(names) == 1:
+            (name,) = names
+            key = fmt_re.sub("{F}", f.text)
+        else:
+            name, key = "", f"\0{i}"
+        if key not in groups:
+            order.append(key)
+        groups.setdefault(key, []).append((i, name, f))
+    out = []
+    for key in order:
+        g = groups[key]
+        if len(g) == 1:
+            out.append(g[0][2])
+            continue
+        fmts = _format_order(n for _, n, _ in g)
+        text = key.replace("{F}", _join(fmts), 1).replace("{F}", "each of them")
+        out.append(Finding(text, {"formats": fmts, **g[0][2].numbers}, g[0][2].kind))
+    return out
 
 
 def collect_findings(res: Results) -> list[Finding]:
@@ -546,7 +596,7 @@ def collect_findings(res: Results) -> list[Finding]:
         except Exception as exc:  # one broken finder must not hide the rest of the report
             out.append(Finding(f"(finder {finder.__name__} failed: {type(exc).__name__}: {exc})",
                                {}, "error"))
-    return out
+    return _merge_formats(out)
 
 
 # --------------------------------------------------------------------------- document model
@@ -737,8 +787,11 @@ def build_document(res: Results) -> tuple[str, list[Block]]:
     blocks.extend(_agreement_table(res))
     if res.compare is not None:
         blocks.extend(_json_block("Comparison", res.compare))
-    titles = {"attribution": "Per-step error attribution", "bounds": "Error bounds (Blanchard, Higham & Higham)",
-              "capabilities": "CPU kernel capability study", "conditioning": "Conditioning"}
+    titles = {"attribution": "Per-step error attribution and the fused torch kernel",
+              "bounds": "Error bounds (Blanchard, Higham & Higham) against measured errors",
+              "capabilities": "CPU kernel capability study (ATEN_CPU_CAPABILITY)",
+              "conditioning": "Conditioning", "overflow": "Where each implementation overflows",
+              "cancellation": "Cancellation: results of 0 for a non-zero loss"}
     for name, obj in res.extras.items():
         if name == "explain":
             for stem, e in obj.items():
@@ -824,13 +877,21 @@ def render_html(title: str, blocks: list[Block]) -> str:
     return "\n".join(out) + "\n"
 
 
-def write_report(results_dir: Path | str) -> tuple[Path, Path]:
+def write_report(results_dir: Path | str, analyses: bool = True) -> tuple[Path, Path]:
     """Read ``results_dir`` and write ``report.md`` and ``report.html`` into it.
+
+    With ``analyses`` (the default) the explanatory analyses that apply to the data
+    (:data:`ANALYSES`: overflow thresholds, cancellation, bounds vs measured errors, per-step
+    attribution and the fused-kernel comparison) first write their JSON and plots into the
+    folder; they need the experiment's config file (to regenerate the inputs) and
+    samples.parquet, and are skipped where those are missing.
 
     Returns:
         (path of report.md, path of report.html).
     """
     root = Path(results_dir)
+    if analyses:
+        enrich(root)
     res = load_results(root)
     title, blocks = build_document(res)
     md = root / "report.md"
@@ -838,3 +899,581 @@ def write_report(results_dir: Path | str) -> tuple[Path, Path]:
     md.write_text(render_markdown(title, blocks, root))
     ht.write_text(render_html(title, blocks))
     return md, ht
+
+
+# =========================================================================== explanatory analyses
+#
+# Analyses that need the experiment's inputs (regenerated from the config, deterministically)
+# or the per-sample table.  Each one decides from the data whether it applies, writes its JSON
+# ({"text", "findings", "tables"}) and plots into the folder, and is then rendered like any
+# other extra.  They run inside write_report, before the documents are built.
+
+_ANALYSIS_ROW_CAP = 20000      # rows per format read back for an analysis
+_ATTRIB_ROWS = 8               # worst rows attributed per implementation x format
+_ATTRIB_MAX_V = 2048           # attribution is mpmath per element: only for small V
+_FUSED_MAX_V = 200_000
+
+
+def _load_cfg(res: Results):
+    """The experiment's config, if its file still has the recorded hash."""
+    from .config import config_hash, load_config
+
+    path = res.manifest.get("config_file")
+    if not path:
+        return None
+    p = Path(path)
+    if not p.is_absolute() and not p.exists():
+        p = Path.cwd() / p
+    if not p.exists():
+        return None
+    try:
+        cfg = load_config(p)
+    except Exception:  # noqa: BLE001 - no config, no input-based analyses
+        return None
+    if res.manifest.get("config_sha256") and config_hash(cfg) != res.manifest["config_sha256"]:
+        return None
+    return cfg
+
+
+class _Inputs:
+    """Per (point, format): the logits (S*B, C) rounded to the format and targets (S*B,)."""
+
+    def __init__(self, res: Results):
+        from .config import sweep_points
+
+        self.cfg = _load_cfg(res)
+        self.points = {p.index: p for p in sweep_points(self.cfg)} if self.cfg else {}
+        self._raw: dict[int, Any] = {}
+
+    @property
+    def ok(self) -> bool:
+        return self.cfg is not None and self.cfg.reduction == "none"
+
+    def get(self, point: int, fmt: str):
+        from .inputs import generate, to_format
+
+        if point not in self._raw:
+            self._raw = {point: generate(self.cfg, self.points[point])}  # keep one point
+        b = self._raw[point]
+        S, B, C = b.logits.shape
+        return to_format(b.logits, fmt).reshape(S * B, C), b.targets.reshape(S * B)
+
+
+def _sample_arrays(res: Results) -> dict[str, Any] | None:
+    import numpy as np
+
+    t = res.samples()
+    if t is None:
+        return None
+    cols = {}
+    for c in ("point", "sample", "implementation", "format", "computed", "reference",
+              "exact_hi", "exact_lo", "ulp_error", "relative_error", "category"):
+        if c not in t.column_names:
+            return None
+        col = t.column(c)
+        if c in ("implementation", "format", "category"):
+            cols[c] = np.asarray(col.to_pylist(), dtype=object)
+        else:
+            cols[c] = col.to_numpy(zero_copy_only=False)
+    for a in res.swept_params():
+        if a in t.column_names:
+            cols["axis:" + a] = t.column(a).to_numpy(zero_copy_only=False)
+    return cols
+
+
+def _savefig(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, metadata={"Software": None})
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _join(names: list[str]) -> str:
+    names = list(dict.fromkeys(names))
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def analysis_overflow(res: Results, inp: _Inputs, S: dict) -> dict | None:
+    """Non-finite results explained: a single exp overflows (max x > ln M), the unshifted sum
+    sum_j exp(x_j) = exp(lse) overflows (lse > ln M), or the shifted sum sum_j exp(x_j - max)
+    overflows (>= M), M being the format's largest finite value."""
+    import math as _m
+
+    import numpy as np
+
+    from .formats import get_format
+
+    bad = np.isin(S["category"], ["overflow", "nan"])
+    if not bad.any() or not inp.ok:
+        return None
+    impls = [i for i in dict.fromkeys(S["implementation"][bad].tolist())]
+    fmts = _format_order(set(S["format"][bad].tolist()))
+    rows_tbl, findings = [], []
+    per_fmt: dict[str, dict[str, tuple]] = {}
+    n_sh = n_un = 0
+    for fm in fmts:
+        f = get_format(fm)
+        sel_f = S["format"] == fm
+        cache = {}
+        for pt in sorted(set(S["point"][sel_f].tolist())):
+            x64 = inp.get(pt, fm)[0].astype(np.float64)
+            with np.errstate(all="ignore"):
+                m = x64.max(axis=-1)
+                sp = np.exp(x64 - m[:, None]).sum(axis=-1)
+            cache[pt] = (m, sp, m + np.log(sp))
+        per_fmt[fm] = {}
+        lnM = _m.log(f.max_finite)
+        groups: dict[tuple, list[str]] = {}
+        for im in impls:
+            sel = sel_f & (S["implementation"] == im)
+            if not sel.any():
+                continue
+            pick = lambda k: np.array([cache[p][k][s] for p, s in zip(S["point"][sel], S["sample"][sel])])
+            mx, sp, lse = pick(0), pick(1), pick(2)
+            nf = bad[sel]
+            per_fmt[fm][im] = (lse, sp, nf)
+            if not nf.any():
+                continue
+            c_exp = nf & (mx > lnM)
+            c_un = nf & ~(mx > lnM) & (lse > lnM) & ~(sp >= f.max_finite)
+            c_sh = nf & (sp >= f.max_finite)
+            c_other = nf & ~c_exp & ~c_un & ~c_sh
+            n_sh += int(c_sh.sum())
+            n_un += int((c_exp | c_un).sum())
+            above = lse > lnM
+            key = (int(nf.sum()), int(nf.size), int(c_exp.sum()), int(c_un.sum()), int(c_sh.sum()),
+                   int(c_other.sum()), int(above.sum()), int((nf & above).sum()),
+                   _r(float(lse[nf].min())), _r(float(lse[~nf].max())) if (~nf).any() else None,
+                   _r(float(sp[c_sh].min())) if c_sh.any() else None,
+                   _r(float(sp[~nf].max())) if (~nf).any() else None)
+            groups.setdefault(key, []).append(im)
+        for key, names in groups.items():
+            nbad, n, ce, cu, cs, co, nab, nfab, lse_min_bad, lse_max_ok, sp_min_bad, sp_max_ok = key
+            row = {"format": fm, "implementations": names, "rows": n, "non_finite": nbad,
+                   "exp_overflow": ce, "unshifted_sum_overflow": cu, "shifted_sum_overflow": cs,
+                   "other": co, "ln_max_finite": lnM, "rows_lse_above_ln_max": nab,
+                   "smallest_lse_non_finite": lse_min_bad, "largest_lse_finite": lse_max_ok}
+            rows_tbl.append(row)
+            who = _join(names)
+            if cs == 0 and nbad == nfab == nab:
+                text = (f"{who} in {fm}: an inf/NaN loss on exactly the {nab} of {n} rows whose "
+                        f"lse(x) = log sum exp(x_j) exceeds ln({f.max_finite:.6g}) = {lnM:.2f} "
+                        f"(smallest lse among them {lse_min_bad:.5g}, largest lse of a finite row "
+                        f"{lse_max_ok if lse_max_ok is not None else float('nan'):.5g}): the unshifted "
+                        f"sum exp(x_j) overflows -- in {ce} rows a single exp already does, in {cu} "
+                        f"only the sum.")
+            elif cs and cs == nbad:
+                text = (f"{who} in {fm}: an inf/NaN loss on {nbad} of {n} rows, all with no logit "
+                        f"near overflow but a shifted sum exp(x_j - max) of at least "
+                        f"{sp_min_bad:.5g} > {f.max_finite:.6g}: the SUM overflows in {fm}"
+                        + (f" (largest sum of a finite row {sp_max_ok:.5g})" if sp_max_ok else "") + ".")
+            else:
+                text = (f"{who} in {fm}: an inf/NaN loss on {nbad} of {n} rows: {ce} with a single "
+                        f"exp overflowing, {cu} with only the unshifted sum overflowing, {cs} with "
+                        f"the shifted sum overflowing, {co} otherwise.")
+            findings.append({"text": text, "numbers": row})
+    # one panel: share of inf/NaN rows against ln(sum) - ln(largest finite), where the sum is
+    # the one the implementation forms: sum exp(x_j) = exp(lse) for the unshifted formulas,
+    # sum exp(x_j - max) for the shifted ones.  Implementations with identical results share
+    # a line.
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(9, 5))
+    edges = np.arange(-4.0, 4.0001, 0.25)
+    mids = (edges[:-1] + edges[1:]) / 2
+    styles = {"float16": "-", "bfloat16": "--", "float32": "-.", "float64": ":"}
+    for fm, d in per_fmt.items():
+        lnM = _m.log(get_format(fm).max_finite)
+        groups: dict[bytes, list[str]] = {}
+        for im, (lse, sp, nf) in d.items():
+            if nf.any():
+                groups.setdefault(nf.tobytes(), []).append(im)
+        for names in groups.values():
+            lse, sp, nf = d[names[0]]
+            shifted = (sp[nf] >= get_format(fm).max_finite).mean() > 0.5
+            with np.errstate(divide="ignore", invalid="ignore"):
+                xv = (np.log(sp) if shifted else lse) - lnM
+            idx = np.digitize(xv, edges) - 1
+            share = np.array([nf[idx == j].mean() if (idx == j).any() else np.nan
+                              for j in range(len(mids))])
+            okm = ~np.isnan(share)
+            what = "ln sum exp(x-max)" if shifted else "lse"
+            ax.plot(mids[okm], share[okm], styles.get(fm, "-"), marker="o", ms=4, lw=1.6,
+                    label=f"{fm}: {_join(names)}  (x = {what} - ln {get_format(fm).max_finite:.4g})")
+    ax.axvline(0, color="k", lw=1)
+    ax.set_xlim(-4, 4)
+    ax.set_ylim(-0.03, 1.05)
+    ax.set_xlabel("ln(the sum the implementation forms) - ln(largest finite value of the format)")
+    ax.set_ylabel("share of rows with an inf/NaN loss")
+    ax.set_title(f"{res.name}: the loss is inf/NaN exactly when the sum of exponentials "
+                 f"overflows (x > 0)", fontsize=10)
+    ax.legend(fontsize=7, loc="upper left")
+    ax.grid(alpha=0.3)
+    _savefig(fig, res.root / "plots" / "nonfinite_vs_overflow_margin.png")
+    return {"text": "For every row (inputs regenerated from the config) in exact arithmetic: its "
+                    "largest logit, lse(x) = log sum exp(x_j), and the shifted sum sum exp(x_j - "
+                    "max); against whether the implementation's loss came out inf/NaN while the "
+                    "truth is finite. An unshifted formula needs sum exp(x_j) = exp(lse) to be "
+                    "representable, so it fails once lse exceeds ln(largest finite value) even "
+                    "when every single exp fits; a shifted one fails only if sum exp(x_j - max) "
+                    "itself exceeds the largest finite value.",
+            "findings": findings, "tables": {"overflow causes": rows_tbl}}
+
+
+def _r(v: float) -> float:
+    return float(f"{v:.6g}") if math.isfinite(v) else v
+
+
+def analysis_bounds(res: Results, inp: _Inputs, S: dict) -> dict | None:
+    """Measured errors of the shifted algorithms against their error bounds (BHH style)."""
+    import numpy as np
+
+    from .conditioning import bhh_loss_bound, derived_loss_bound, to_rigorous
+    from .formats import get_format
+
+    impls = set(S["implementation"].tolist())
+    if not inp.ok or "lse" not in impls:
+        return None
+    fmts = _format_order(set(S["format"].tolist()))
+    if len(S["sample"]) < 20:
+        return None
+    data: dict[str, dict[str, tuple]] = {}
+    rows_tbl, findings = [], []
+    for fm in fmts:
+        f = get_format(fm)
+        data[fm] = {}
+        for im, kind in (("lse", "bhh"), ("lse", "derived"), ("lse_log1p", "derived")):
+            sel = (S["format"] == fm) & (S["implementation"] == im) & (S["category"] == "finite")
+            if not sel.any():
+                continue
+            idx = np.flatnonzero(sel)[:_ANALYSIS_ROW_CAP]
+            bounds, meas = [], []
+            for pt in sorted(set(S["point"][idx].tolist())):
+                ii = idx[S["point"][idx] == pt]
+                x, t = inp.get(pt, fm)
+                if x.shape[1] > 200_000:
+                    continue
+                xs, ts = x[S["sample"][ii]], t[S["sample"][ii]]
+                loss = S["exact_hi"][ii]
+                with np.errstate(all="ignore"):
+                    b = (bhh_loss_bound(xs, ts, True, loss=loss) if kind == "bhh"
+                         else derived_loss_bound(xs, ts, im, fm, loss=loss))
+                bounds.append(to_rigorous(b, fm))
+                meas.append(S["relative_error"][ii] / f.unit_roundoff)
+            if not bounds:
+                continue
+            b, m = np.concatenate(bounds), np.concatenate(meas)
+            ok = np.isfinite(b) & np.isfinite(m)
+            within = int((m[ok] <= b[ok]).sum())
+            row = {"format": fm, "implementation": im, "bound": "BHH shifted (carried to the loss)" if kind == "bhh"
+                   else "first-order (derived in conditioning.py)", "rows": int(ok.sum()), "within": within,
+                   "void_rows": int((~np.isfinite(b)).sum()),
+                   "median_bound_u": float(np.median(b[ok])) if ok.any() else None,
+                   "median_measured_u": float(np.median(m[ok])) if ok.any() else None,
+                   "max_measured_over_bound": float(np.max(m[ok] / b[ok])) if ok.any() else None}
+            if kind == "bhh" and ok.any() and within < int(ok.sum()):
+                # where BHH's formula fails: is it below the final rounding u|y| of lse itself?
+                viol = np.flatnonzero(ok)[m[ok] > b[ok]]
+                below = 0
+                for pt in sorted(set(S["point"][idx].tolist())):
+                    ii = idx[S["point"][idx] == pt]
+                    x, t = inp.get(pt, fm)
+                    xs = x[S["sample"][ii]].astype(np.float64)
+                    with np.errstate(all="ignore"):
+                        mm = xs.max(axis=-1)
+                        y = mm + np.log(np.exp(xs - mm[:, None]).sum(axis=-1))
+                    below_arr = np.abs(y + xs.shape[1] - xs.min(axis=-1)) < np.abs(y)
+                    below_map = dict(zip(ii.tolist(), below_arr.tolist()))
+                    below += sum(1 for v in idx[viol] if below_map.get(int(v), False))
+                row["violations"] = int(viol.size)
+                row["violations_with_formula_below_final_rounding"] = int(below)
+            rows_tbl.append(row)
+            data[fm][f"{im} vs {row['bound']}"] = (b[ok], m[ok])
+            if ok.any():
+                findings.append({"text": (
+                    f"In {fm}, {im}'s measured error is within the {row['bound']} bound on "
+                    f"{fmt_rate(within, int(ok.sum()))} of rows (largest measured/bound ratio "
+                    f"{row['max_measured_over_bound']:.3g}; median bound {row['median_bound_u']:.3g} u, "
+                    f"median measured {row['median_measured_u']:.3g} u)"
+                    + (f"; on {row['void_rows']} more rows the bound exceeds a relative error of 1 "
+                       f"(B u >= 1, counted as void)" if row["void_rows"] else "") + "."
+                    + (f" It fails on {row['violations']} rows; on "
+                       f"{row['violations_with_formula_below_final_rounding']} of them "
+                       f"|y + n - min x| < |y|: the formula is smaller than the rounding of lse "
+                       f"itself (u|y|), which it leaves out when all logits are large (min x > n)."
+                       if row.get("violations") else "")), "numbers": row})
+    if not rows_tbl:
+        return None
+    plt = _plt()
+    panels = [fm for fm in data if data[fm]]
+    n = len(panels)
+    ncol = 2 if n > 1 else 1
+    nrow = (n + 1) // 2
+    fig, axs = plt.subplots(nrow, ncol, figsize=(5.6 * ncol, 4.8 * nrow), squeeze=False)
+    for ax in axs.ravel()[n:]:
+        ax.axis("off")
+    for ax, fm in zip(axs.ravel(), panels):
+        lo, hi = np.inf, 0.0
+        for (label, (b, m)), mk in zip(data[fm].items(), ("o", "s", "^")):
+            mm = np.maximum(m, 1e-3)
+            ax.scatter(b, mm, s=7, alpha=0.45, marker=mk, label=label)
+            if b.size:
+                lo, hi = min(lo, b.min() / 2, mm.min()), max(hi, b.max(), mm.max())
+        if np.isfinite(lo) and hi > 0:
+            ax.plot([lo, hi], [lo, hi], color="r", lw=1.2, label="measured = bound")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("error bound (units of u)")
+        ax.set_ylabel("measured relative error (units of u; 0 drawn at 1e-3)")
+        ax.set_title(fm, fontsize=10)
+        ax.legend(fontsize=7, loc="upper left")
+    fig.suptitle(f"{res.name}: measured error vs bound (points below the red line respect it)",
+                 fontsize=11)
+    _savefig(fig, res.root / "plots" / "bound_vs_measured.png")
+    return {"text": "Each point is one row: x = the bound evaluated at that row's logits, y = the "
+                    "measured relative error of the loss, both in units of u, as in Blanchard, "
+                    "Higham & Higham's Figure (their bound for the shifted lse, carried through "
+                    "the final subtraction, and the first-order bounds derived in "
+                    "precision_lab.conditioning, with the B/(1 - Bu) second-order cover).",
+            "findings": findings, "tables": {"bounds vs measured": rows_tbl}}
+
+
+def analysis_cancellation(res: Results, inp: _Inputs, S: dict) -> dict | None:
+    """Relative error against the swept axis where implementations return 0 on a tiny loss."""
+    import numpy as np
+
+    from .formats import get_format
+
+    comp, ref = S["computed"].astype(float), S["reference"].astype(float)
+    zero = (comp == 0) & (ref != 0) & np.isfinite(ref)
+    axes = [a for a in res.swept_params() if "axis:" + a in S]
+    if not zero.any() or not axes:
+        return None
+    ax_name = axes[0]
+    axv = S["axis:" + ax_name].astype(float)
+    fmts = _format_order(set(S["format"].tolist()))
+    impls = list(dict.fromkeys(S["implementation"].tolist()))
+    rows_tbl, findings = [], []
+    plt = _plt()
+    ncol = 2 if len(fmts) > 1 else 1
+    nrow = (len(fmts) + 1) // 2
+    fig, axs = plt.subplots(nrow, ncol, figsize=(5.8 * ncol, 4.6 * nrow), squeeze=False)
+    for ax in axs.ravel()[len(fmts):]:
+        ax.axis("off")
+    for ax, fm in zip(axs.ravel(), fmts):
+        u = get_format(fm).unit_roundoff
+        for im in impls:
+            sel = (S["format"] == fm) & (S["implementation"] == im)
+            vals = sorted(set(axv[sel].tolist()))
+            med, share0 = [], []
+            for v in vals:
+                s2 = sel & (axv == v) & np.isfinite(S["relative_error"])
+                r = S["relative_error"][s2] / u
+                med.append(float(np.median(r)) if r.size else np.nan)
+                s3 = sel & (axv == v)
+                share0.append(float(zero[s3].mean()) if s3.any() else np.nan)
+            ax.plot(vals, np.maximum(med, 1e-3), marker="o", ms=3, label=im)
+            z = [v for v, s in zip(vals, share0) if s > 0]
+            allz = [v for v, s in zip(vals, share0) if s == 1.0]
+            if z:
+                row = {"format": fm, "implementation": im, "axis": ax_name,
+                       "first_value_with_zero": z[0],
+                       "first_value_all_zero": allz[0] if allz else None,
+                       "rows_zero": int((zero & sel).sum()), "rows": int(sel.sum())}
+                rows_tbl.append(row)
+                text = (f"In {fm}, {im} first returns 0 (truth non-zero) at {ax_name} = {z[0]:g}"
+                        + (f" and returns 0 on every row from {ax_name} = {allz[0]:g}" if allz else "")
+                        + f" ({row['rows_zero']} of {row['rows']} rows in all).")
+                findings.append({"text": text, "numbers": row})
+        ax.axhline(1 / u, color="k", ls=":", lw=1)
+        ax.text(ax.get_xlim()[0], 1 / u, " relative error 1 (result 0)", fontsize=7, va="bottom")
+        ax.axhline(0.5, color="0.5", ls="--", lw=0.8)
+        ax.set_yscale("log")
+        ax.set_xlabel(f"{ax_name} (swept)")
+        ax.set_ylabel("median relative error of the loss (units of u)")
+        ax.set_title(fm, fontsize=10)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{res.name}: relative error against {ax_name}", fontsize=11)
+    _savefig(fig, res.root / "plots" / f"relative_error_vs_{ax_name}.png")
+    keep = []
+    for fm in fmts:
+        for im in impls:
+            sel = (S["format"] == fm) & (S["implementation"] == im)
+            if sel.any() and not (zero & sel).any():
+                r = S["relative_error"][sel] / get_format(fm).unit_roundoff
+                r = r[np.isfinite(r)]
+                if r.size:
+                    keep.append((fm, im, float(r.max())))
+    for fm, im, mx in keep:
+        if im in ("lse_log1p",):
+            findings.append({"text": f"In {fm}, {im} never returns 0; its largest relative error "
+                                     f"over the whole sweep is {mx:.3g} u.",
+                             "numbers": {"format": fm, "implementation": im, "max_relative_error_u": mx}})
+    return {"text": f"Median relative error of the loss (units of u) at each {ax_name}. A result "
+                    f"of 0 for a non-zero truth is a relative error of 1 = 1/u units (dotted line).",
+            "findings": findings, "tables": {"zero returns": rows_tbl}}
+
+
+def analysis_attribution(res: Results, inp: _Inputs, S: dict) -> dict | None:
+    """Per-step attribution of the worst rows, and the fused torch kernel against composites."""
+    import numpy as np
+
+    from .attribution import attribute, compare_fused
+    from .implementations import REGISTRY
+
+    if not inp.ok:
+        return None
+    fmts = _format_order(set(S["format"].tolist()))
+    impls = list(dict.fromkeys(S["implementation"].tolist()))
+    rows_tbl, fused_tbl, findings = [], [], []
+    for fm in fmts:
+        for im in impls:
+            impl = REGISTRY.get(im)
+            if impl is None or not impl.stepwise:
+                continue
+            sel = np.flatnonzero((S["format"] == fm) & (S["implementation"] == im))
+            if not sel.size:
+                continue
+            cat = S["category"][sel]
+            score = np.where(np.isin(cat, ["overflow", "nan", "missed_inf"]), np.inf,
+                             np.nan_to_num(S["ulp_error"][sel], nan=-1.0))
+            order = sel[np.argsort(-score, kind="stable")][:_ATTRIB_ROWS]
+            order = order[(score[np.argsort(-score, kind="stable")][:_ATTRIB_ROWS]) > 0.5]
+            if not order.size:
+                continue
+            decided: dict[str, int] = {}
+            worst = None
+            for i in order:
+                x, t = inp.get(int(S["point"][i]), fm)
+                if x.shape[1] > _ATTRIB_MAX_V:
+                    break
+                s = int(S["sample"][i])
+                (r,) = attribute(im, x[s:s + 1], t[s:s + 1], fm)
+                decided[r.decisive or "-"] = decided.get(r.decisive or "-", 0) + 1
+                worst = worst or r
+            if not decided:
+                continue
+            top = max(decided, key=decided.get)
+            st = next((q for q in worst.steps if q.name == top), None) if worst else None
+            fin_err = S["ulp_error"][order]
+            fin_err = fin_err[np.isfinite(fin_err)]
+            row = {"format": fm, "implementation": im, "worst_rows": int(sum(decided.values())),
+                   "decided_at": decided,
+                   "non_finite_rows": int(np.isin(S["category"][order], ["overflow", "nan", "missed_inf"]).sum()),
+                   "largest_finite_ulp_error": float(fin_err.max()) if fin_err.size else None}
+            rows_tbl.append(row)
+            desc = f" ({st.op}{', ' + '; '.join(st.flags) if st and st.flags else ''})" if st else ""
+            findings.append({"text": (
+                f"In {fm}, the {row['worst_rows']} worst rows of {im} (ULP error > 0.5 or non-finite) "
+                f"are decided at step '{top}'{desc} in {decided[top]} of {row['worst_rows']}"
+                + (f"; others: {', '.join(f'{k} {v}' for k, v in decided.items() if k != top)}"
+                   if len(decided) > 1 else "") + "."), "numbers": row})
+        if "torch" in impls:
+            idents: dict[str, list[int]] = {}
+            n_rows = 0
+            for pt in sorted(set(S["point"][S["format"] == fm].tolist())):
+                x, t = inp.get(pt, fm)
+                if x.shape[1] > _FUSED_MAX_V:
+                    continue
+                fr = compare_fused(x, t, fm)
+                n_rows += fr["rows"]
+                for c in fr["composites"]:
+                    idents.setdefault(c["name"], []).append(c["identical"])
+            if n_rows:
+                tot = {k: int(sum(v)) for k, v in idents.items()}
+                for k, v in sorted(tot.items(), key=lambda kv: -kv[1]):
+                    fused_tbl.append({"format": fm, "composite": k, "identical": v, "rows": n_rows,
+                                      "rate": v / n_rows})
+                best = [k for k, v in tot.items() if k != "torch_logsoftmax_nll" and v == max(
+                    vv for kk, vv in tot.items() if kk != "torch_logsoftmax_nll")]
+                b0 = best[0]
+                findings.append({"text": (
+                    f"In {fm}, torch's fused cross_entropy is bit-identical to the composite "
+                    f"{b0} on {fmt_rate(tot[b0], n_rows)} of rows (to the registry's "
+                    f"torch_logsoftmax_nll on {fmt_rate(tot.get('torch_logsoftmax_nll', 0), n_rows)}; "
+                    f"to 'rounded once in float32' on "
+                    f"{fmt_rate(tot.get('logsumexp_f32_round_once', 0), n_rows)})."),
+                    "numbers": {"format": fm, "best": b0, "identical": tot[b0], "rows": n_rows}})
+    if not rows_tbl and not fused_tbl:
+        return None
+    return {"text": ("Worst rows of each step-wise implementation re-run with per-step "
+                     "attribution (precision_lab.attribution): the 'decisive' step is the first one "
+                     "after which the accumulated error stays within half of its final value; "
+                     "contributions are the telescoping differences of exact re-runs and add up "
+                     "to the total error. The fused torch kernel cannot be traced; it is set beside "
+                     "composites modelled on its source (precision_lab.attribution.COMPOSITES)."),
+            "findings": findings,
+            "tables": {"decisive steps of the worst rows": rows_tbl,
+                       "torch fused kernel vs composites": fused_tbl}}
+
+
+#: Analyses in the order they run: (name of the JSON written, function).
+ANALYSES: list[tuple[str, Callable]] = [
+    ("overflow", analysis_overflow),
+    ("cancellation", analysis_cancellation),
+    ("bounds", analysis_bounds),
+    ("attribution", analysis_attribution),
+]
+
+
+def enrich(results_dir: Path | str) -> list[str]:
+    """Run the explanatory analyses that apply to this folder; return the names written."""
+    root = Path(results_dir)
+    res = load_results(root)
+    S = _sample_arrays(res)
+    if S is None:
+        return []
+    inp = _Inputs(res)
+    written = []
+    for name, fn in ANALYSES:
+        try:
+            out = fn(res, inp, S)
+        except Exception as exc:  # noqa: BLE001 - an analysis must not break the report
+            out = {"text": f"analysis {name} failed: {type(exc).__name__}: {exc}", "findings": []}
+        if out is not None:
+            (root / f"{name}.json").write_text(json.dumps(_clean(out), indent=1,
+                                                         default=_json_default, allow_nan=False))
+            written.append(name)
+    return written
+
+
+def _clean(o: Any) -> Any:
+    """NaN/inf floats -> None, recursively (JSON has no NaN)."""
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
+    if isinstance(o, dict):
+        return {str(k): _clean(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_clean(v) for v in o]
+    try:
+        import numpy as np
+
+        if isinstance(o, np.floating):
+            return _clean(float(o))
+        if isinstance(o, np.integer):
+            return int(o)
+    except ImportError:  # pragma: no cover
+        pass
+    return o
+
+
+def _json_default(o: Any) -> Any:
+    import numpy as np
+
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        v = float(o)
+        return v if math.isfinite(v) else None
+    return str(o)
