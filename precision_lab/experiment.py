@@ -80,9 +80,10 @@ SUMMARY_STATS = ("count", "exact_matches", "exact_match_rate", "ulp_error_mean",
                  "ulp_error_median", "ulp_error_p90", "ulp_error_p99", "ulp_error_max",
                  "bits_mean") + tuple(f"n_{c}" for c in CATEGORIES)
 
-#: summary.json carries every computed value ("values") when a sweep point has at most this
-#: many samples per implementation and format.
+#: summary.json carries every computed value ("values") when a sweep point has at most
+#: VALUES_LIMIT samples per implementation and format and the table at most VALUES_MAX_ROWS rows.
 VALUES_LIMIT = 16
+VALUES_MAX_ROWS = 512
 
 STAT_CATEGORIES = ("finite", "inf_match")
 
@@ -418,7 +419,8 @@ def compare_table(table: pa.Table, cfg: ExperimentConfig, axes: list[str],
 def _values_view(table: pa.Table, axes: list[str]) -> list[dict] | None:
     """Every computed value, for tiny experiments (at most VALUES_LIMIT samples per point)."""
     samples = table.column("sample").to_numpy()
-    if samples.size == 0 or int(samples.max()) + 1 > VALUES_LIMIT:
+    if (samples.size == 0 or int(samples.max()) + 1 > VALUES_LIMIT
+            or table.num_rows > VALUES_MAX_ROWS):
         return None
     cols = ["point", *axes, "sample", "implementation", "format", "computed", "reference",
             "exact_hi", "exact_lo", "ulp_error", "category"]
