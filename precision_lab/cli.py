@@ -187,7 +187,7 @@ def show_command(
     typer.echo("")
     cols = [("implementation", "implementation"), ("format", "format")]
     cols += [(a, a) for a in axes]
-    cols += [("count", "n"), ("exact_match_rate", "exact"), ("ulp_error_mean", "ulp mean"),
+    cols += [("count", "n"), ("exact_match_rate", "exact share"), ("ulp_error_mean", "ulp mean"),
              ("ulp_error_median", "ulp median"), ("ulp_error_p99", "ulp p99"),
              ("ulp_error_max", "ulp max"), ("bits_mean", "bits"), ("n_overflow", "overflow"),
              ("n_nan", "nan")]
