@@ -9,6 +9,8 @@ STAMP := $(VENV)/.installed
 
 # Bundled experiments that `make run` computes; other experiments append to this list.
 EXPERIMENTS := experiments/seed_question.toml experiments/seed_81_percent.toml
+EXPERIMENTS += experiments/overflow_logit_scale.toml experiments/cancellation_margin.toml \
+               experiments/classes_sweep.toml experiments/formats_side_by_side.toml
 RUN_FLAGS ?= --force
 
 .PHONY: run test venv clean-results
@@ -24,6 +26,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 run: $(STAMP)
 	$(BIN)/precision-lab run $(RUN_FLAGS) $(EXPERIMENTS)
+	$(BIN)/python -m precision_lab.capability --out results
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
