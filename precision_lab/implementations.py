@@ -54,6 +54,9 @@ Arithmetic model (measured with numpy 2.4.6, ml_dtypes 0.6.0, torch 2.13.0 CPU, 
   that float64 result once to bfloat16 before the final bfloat16 subtraction.  It uses the
   BHH form internally: a_max + log(#maxima) + log1p(sum of the others / #maxima).
 
+Devices: the three torch implementations take ``device=`` ("cpu" by default; "cuda" runs
+torch's GPU kernels on the same values, see :mod:`precision_lab.cuda_check`).
+
 Tracing (per-step attribution).  The step-wise implementations (``Implementation.stepwise``)
 take a keyword ``trace: list | None = None``.  When a list is given, one :class:`Step` per
 operation is appended, in execution order; the last step's output is the returned array.
@@ -200,15 +203,17 @@ def _is_torch(a: Any) -> bool:
     return type(a).__module__.startswith("torch")
 
 
-def to_torch(a: np.ndarray):  # -> torch.Tensor
-    """A torch tensor sharing ``a``'s data where possible (ml_dtypes.bfloat16 through an
-    int16 view, giving torch.bfloat16); the values are not changed."""
+def to_torch(a: np.ndarray, device: str = "cpu"):  # -> torch.Tensor
+    """A torch tensor on ``device`` sharing ``a``'s data where possible (ml_dtypes.bfloat16
+    through an int16 view, giving torch.bfloat16); the values are not changed."""
     import torch
 
     a = np.ascontiguousarray(a)
     if a.dtype == get_format("bfloat16").np_dtype:
-        return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
-    return torch.from_numpy(a)
+        t = torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
+    else:
+        t = torch.from_numpy(a)
+    return t if device == "cpu" else t.to(device)
 
 
 def from_torch(t) -> np.ndarray:
@@ -357,7 +362,7 @@ def scipy_lse(logits: np.ndarray, targets: np.ndarray, fmt: "str | Format") -> n
 
 
 def torch_ce(logits: np.ndarray, targets: np.ndarray, fmt: "str | Format", *,
-             reduction: str = "none") -> np.ndarray:
+             reduction: str = "none", device: str = "cpu") -> np.ndarray:
     """torch.nn.functional.cross_entropy(x, t, reduction=reduction); not step-wise.
 
     With ``reduction="mean"`` or ``"sum"`` torch reduces its own way (nn.CrossEntropyLoss's
@@ -366,12 +371,13 @@ def torch_ce(logits: np.ndarray, targets: np.ndarray, fmt: "str | Format", *,
     import torch.nn.functional as F
 
     x, t, f, _ = _prepare(logits, targets, fmt, _Recorder(None))
-    out = F.cross_entropy(to_torch(x), to_torch(t), reduction=reduction)
+    out = F.cross_entropy(to_torch(x, device), to_torch(t, device), reduction=reduction)
     return from_torch(out)
 
 
 def torch_logsoftmax_nll(logits: np.ndarray, targets: np.ndarray, fmt: "str | Format", *,
-                         trace: "list | None" = None, reduction: str = "none") -> np.ndarray:
+                         trace: "list | None" = None, reduction: str = "none",
+                         device: str = "cpu") -> np.ndarray:
     """F.nll_loss(F.log_softmax(x, dim=-1), t, reduction=reduction).
 
     Steps: [cast] log_softmax lp (torch's kernel, one composite step, stored in the
@@ -382,14 +388,14 @@ def torch_logsoftmax_nll(logits: np.ndarray, targets: np.ndarray, fmt: "str | Fo
 
     rec = _Recorder(trace)
     x, t, f, xs = _prepare(logits, targets, fmt, rec)
-    X, T = to_torch(x), to_torch(t)
+    X, T = to_torch(x, device), to_torch(t, device)
     lp = rec("lp", "log_softmax", (X,), (xs,), F.log_softmax(X, dim=-1))
     return from_torch(rec("loss", "nll", (lp, T), ("lp", "targets"),
                           F.nll_loss(lp, T, reduction=reduction)))
 
 
 def torch_manual(logits: np.ndarray, targets: np.ndarray, fmt: "str | Format", *,
-                 trace: "list | None" = None) -> np.ndarray:
+                 trace: "list | None" = None, device: str = "cpu") -> np.ndarray:
     """The seed's -torch.log(torch.exp(x[t]) / torch.exp(x).sum()), vectorized over rows.
 
     Steps: [cast] gather x_t, exp e_t, exp e (row), sum s (torch's own reduction: float32
@@ -399,7 +405,7 @@ def torch_manual(logits: np.ndarray, targets: np.ndarray, fmt: "str | Format", *
 
     rec = _Recorder(trace)
     x, t, f, xs = _prepare(logits, targets, fmt, rec)
-    X, T = to_torch(x), to_torch(t)
+    X, T = to_torch(x, device), to_torch(t, device)
     xt = rec("x_t", "gather", (X, T), (xs, "targets"), X.gather(1, T[:, None])[:, 0])
     et = rec("e_t", "exp", (xt,), ("x_t",), torch.exp(xt))
     e = rec("e", "exp", (X,), (xs,), torch.exp(X))
