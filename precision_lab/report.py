@@ -45,7 +45,7 @@ __all__ = [
 
 #: Extra JSON files a results folder may hold (written by :func:`enrich` or the capability
 #: study), rendered in this order.
-EXTRA_NAMES = ("overflow", "cancellation", "bounds", "attribution", "capabilities", "conditioning")
+EXTRA_NAMES = ("explained", "overflow", "cancellation", "bounds", "attribution", "capabilities", "conditioning")
 
 CATEGORY_NAMES = ("finite", "inf_match", "overflow", "nan", "missed_inf", "undefined")
 
@@ -485,6 +485,8 @@ def find_agreement(res: Results) -> list[Finding]:
     for (a, b), where in identical.items():
         fm = [w[0] for w in where]
         n = sum(w[1] or 0 for w in where)
+        if n < 10 * len(fm):  # identical on a handful of samples says little
+            continue
         out.append(Finding(f"{a} and {b} give bit-identical losses on every sample in "
                            f"{_join(fm)}" + (f" ({n}/{n})." if n else "."),
                            {"a": a, "b": b, "formats": fm, "identical_rate": 1.0}, "agreement"))
@@ -791,7 +793,8 @@ def build_document(res: Results) -> tuple[str, list[Block]]:
               "bounds": "Error bounds (Blanchard, Higham & Higham) against measured errors",
               "capabilities": "CPU kernel capability study (ATEN_CPU_CAPABILITY)",
               "conditioning": "Conditioning", "overflow": "Where each implementation overflows",
-              "cancellation": "Cancellation: results of 0 for a non-zero loss"}
+              "cancellation": "Cancellation: results of 0 for a non-zero loss",
+              "explained": "Rows explained"}
     for name, obj in res.extras.items():
         if name == "explain":
             for stem, e in obj.items():
@@ -981,6 +984,17 @@ def _sample_arrays(res: Results) -> dict[str, Any] | None:
     return cols
 
 
+def _rows_per_format(S: dict) -> int:
+    """Distinct (point, sample) rows of the most populated format."""
+    import numpy as np
+
+    best = 0
+    for fm in set(S["format"].tolist()):
+        sel = S["format"] == fm
+        best = max(best, len(set(zip(S["point"][sel].tolist(), S["sample"][sel].tolist()))))
+    return best
+
+
 def _savefig(fig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
@@ -1146,7 +1160,7 @@ def analysis_bounds(res: Results, inp: _Inputs, S: dict) -> dict | None:
     if not inp.ok or "lse" not in impls:
         return None
     fmts = _format_order(set(S["format"].tolist()))
-    if len(S["sample"]) < 20:
+    if _rows_per_format(S) < 20:
         return None
     data: dict[str, dict[str, tuple]] = {}
     rows_tbl, findings = [], []
@@ -1332,7 +1346,7 @@ def analysis_attribution(res: Results, inp: _Inputs, S: dict) -> dict | None:
     from .attribution import attribute, compare_fused
     from .implementations import REGISTRY
 
-    if not inp.ok:
+    if not inp.ok or _rows_per_format(S) <= 4:  # tiny experiments are explained row by row
         return None
     fmts = _format_order(set(S["format"].tolist()))
     impls = list(dict.fromkeys(S["implementation"].tolist()))
@@ -1418,8 +1432,51 @@ def analysis_attribution(res: Results, inp: _Inputs, S: dict) -> dict | None:
                        "torch fused kernel vs composites": fused_tbl}}
 
 
+def analysis_explain(res: Results, inp: _Inputs, S: dict) -> dict | None:
+    """For tiny experiments (at most 4 rows per format): every row explained in words
+    (precision_lab.explain), one file per format and row under explain/."""
+    import numpy as np
+
+    from .explain import explain
+
+    if not inp.ok:
+        return None
+    pts = sorted(set(S["point"].tolist()))
+    fmts = _format_order(set(S["format"].tolist()))
+    if len(pts) > 1:
+        return None
+    x0, _ = inp.get(pts[0], fmts[0])
+    if x0.shape[0] > 4 or x0.shape[1] > 64:
+        return None
+    (res.root / "explain").mkdir(exist_ok=True)
+    findings = []
+    for fm in fmts:
+        x, t = inp.get(pts[0], fm)
+        for i in range(x.shape[0]):
+            d = explain(x[i], int(t[i]), fm)
+            table = [{"implementation": k, "value": r.get("repr", r["value"]),
+                      "ULP error": r["ulp_error"], "ULP distance": r["ulp_distance"],
+                      "correctly rounded": r["correctly_rounded"]}
+                     for k, r in d["implementations"].items()]
+            doc = {"text": (f"logits [{', '.join(d['logits_repr'])}] in {fm}, target {d['target']}: "
+                            f"correctly rounded loss {d['reference_repr']} (exact {d['exact']}), "
+                            f"condition number {fmt_num(d['condition_number'])}.\n\n"
+                            + "\n\n".join(d["verdict"])),
+                   "tables": {"implementations": table}}
+            (res.root / "explain" / f"{fm}_row{i}.json").write_text(
+                json.dumps(_clean(doc), indent=1, default=_json_default))
+            if fm == fmts[-1] or fm == "float32":
+                pass
+            if i == 0 and fm in ("float32", fmts[0]) and not findings:
+                findings.append({"text": d["verdict"][0], "numbers": {"format": fm, "row": i}})
+    return {"text": "Each row of this experiment explained step by step: see the 'Explained "
+                    "sample' sections (precision-lab explain gives the same on the command line).",
+            "findings": findings}
+
+
 #: Analyses in the order they run: (name of the JSON written, function).
 ANALYSES: list[tuple[str, Callable]] = [
+    ("explained", analysis_explain),
     ("overflow", analysis_overflow),
     ("cancellation", analysis_cancellation),
     ("bounds", analysis_bounds),
