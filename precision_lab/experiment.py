@@ -494,9 +494,11 @@ def _git_info() -> dict | None:
                                 text=True, timeout=10)
         if commit.returncode != 0:
             return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=root, capture_output=True, text=True, timeout=10)
-        return {"commit": commit.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+        scope = ["precision_lab", "experiments", "pyproject.toml"]  # code and configs, not results
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
+                                *scope], cwd=root, capture_output=True, text=True, timeout=10)
+        return {"commit": commit.stdout.strip(), "dirty": bool(dirty.stdout.strip()),
+                "dirty_scope": scope}
     except (OSError, subprocess.SubprocessError):
         return None
 
