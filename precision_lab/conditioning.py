@@ -47,7 +47,15 @@ Extension to the loss (ours).  Both algorithms then compute :math:`\hat f = fl(\
           B^{loss} = \frac{B^{lse}\,|y|}{|f|} + 1 \quad (\text{units of } u,\ \text{relative to } f),
 
 i.e. the absolute error bound of the lse divided by |loss|, plus the final subtraction's
-rounding.  With BHH's forms: unshifted :math:`(|y| + n + 1)/|f| + 1`, shifted
+rounding.
+
+A caveat found by measurement (``results/overflow_logit_scale``): BHH's shifted formula
+:math:`|y + n - \min x|/|y|` can fall below 1, i.e. below the rounding of the final
+``a + log1p(s)`` itself, when all logits are large and close together
+(:math:`\min x > n`, e.g. logits around 700): then ``|y + n - min x| < |y|`` and the measured
+error of the shifted lse exceeds it (by up to 32x there), in every format.  The leading-order
+analysis behind it evidently assumes :math:`\min x \le n`, as in their MNIST data.  The
+bounds derived below keep the :math:`u|y|` term and hold on every row measured.  With BHH's forms: unshifted :math:`(|y| + n + 1)/|f| + 1`, shifted
 :math:`|y + n - \min x|/|f| + 1`.  Both explode as :math:`f \to 0`: that is the cancellation.
 
 Bounds derived here for the registry's implementations (first order, no overflow)

@@ -118,3 +118,20 @@ def test_shifted_algorithm_stays_under_its_bounds(fmt: str) -> None:
         b2 = to_rigorous(derived_loss_bound(x, t, alg, fmt, loss=ref.hi), fmt)
         fin = np.isfinite(m2)
         assert np.all(m2[fin] <= b2[fin]), (alg, np.max(m2[fin] / b2[fin]))
+
+
+def test_bhh_shifted_formula_misses_the_final_rounding_for_large_close_logits() -> None:
+    """With all logits near 700 (min x > n), |y + n - min x| < |y|: BHH's formula is below the
+    rounding of lse itself and the measured error exceeds it; the derived bound holds."""
+    from precision_lab.implementations import REGISTRY
+    from precision_lab.reference import cross_entropy_detailed
+
+    rng = np.random.default_rng(4)
+    x = 700.0 + rng.normal(size=(200, 10))
+    t = rng.integers(0, 10, size=200)
+    ref = cross_entropy_detailed(x, t, "float64")
+    meas = measured_in_u(REGISTRY["lse"](x, t, "float64"), ref.hi, "float64", ref.lo)
+    bhh = bhh_loss_bound(x, t, shifted=True, loss=ref.hi)
+    ours = to_rigorous(derived_loss_bound(x, t, "lse", "float64", loss=ref.hi), "float64")
+    assert (meas > bhh).mean() > 0.2
+    assert np.all(meas <= ours)
