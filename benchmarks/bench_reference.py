@@ -8,7 +8,10 @@ random logits (standard normal x 3, one confident row in eight) go through both 
 exact path is timed on a prefix of the rows (its rate is per row, so that is fair) and
 its values are checked bit for bit against the fast path's on that prefix.  Prints rows/s
 and logits/s of each path, the share of rows the fast path sent to the exact path, and the
-speed-up (fast rows/s over exact rows/s).
+speed-up (fast rows/s over exact rows/s).  For scale it also times "plain mpmath" on one
+row: log(fsum(exp(x_j))) - x_t element by element at 50 digits, the naive reference that
+issue 5 starts from (not correctly rounded, and 0 in the cancellation regime), and prints
+the fast path's speed-up over it.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+import mpmath
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -35,6 +39,13 @@ def make_inputs(fmt: str, V: int, B: int, seed: int = 0) -> tuple[np.ndarray, np
     conf = np.arange(B) % 8 == 0
     x[conf, t[conf]] += 25.0  # confident rows: tiny losses, the cancellation regime
     return x.astype(get_format(fmt).np_dtype), t
+
+
+def plain_mpmath(x: np.ndarray, t: np.ndarray) -> list:
+    """The element-by-element mpmath evaluation at 50 digits (the baseline, not a reference)."""
+    with mpmath.workdps(50):
+        return [mpmath.log(mpmath.fsum(mpmath.exp(mpmath.mpf(float(v))) for v in row))
+                - mpmath.mpf(float(row[k])) for row, k in zip(x, t)]
 
 
 def timed(fn, min_time: float) -> tuple[float, object]:
@@ -62,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{platform.machine()}, {os.cpu_count()} cpus")
     head = (f"{'target':<9}{'V':>7}{'fast rows/s':>13}{'fast logits/s':>15}"
             f"{'exact rows/s':>14}{'exact logits/s':>16}{'fallback':>10}{'speed-up':>10}"
-            f"{'identical':>11}")
+            f"{'identical':>11}{'plain-mp logits/s':>19}{'vs plain':>10}")
     print(head)
     print("-" * len(head))
     bad = 0
@@ -77,13 +88,18 @@ def main(argv: list[str] | None = None) -> int:
             te, ex = timed(lambda: cross_entropy_detailed(x[:n_ex], t[:n_ex], fmt,
                                                           method="exact"), 0)
             same = fast.values[:n_ex].tobytes() == ex.values.tobytes()
+            n_pl = max(1, min(B, 20000 // V))
+            tp, _ = timed(lambda: plain_mpmath(x[:n_pl], t[:n_pl]), 0)
+            pr = n_pl / tp
             bad += not same
             fr, er = B / tf, n_ex / te
             print(f"{fmt:<9}{V:>7}{fr:>13.4g}{fr * V:>15.4g}{er:>14.4g}{er * V:>16.4g}"
-                  f"{fast.slow_rows / B:>9.3%} {fr / er:>9.0f}x{'yes' if same else 'NO':>11}")
+                  f"{fast.slow_rows / B:>9.3%} {fr / er:>9.0f}x{'yes' if same else 'NO':>11}"
+                  f"{pr * V:>19.4g}{fr / pr:>9.0f}x")
     print("\nfast: method='auto' on B rows (B*V ~ %d logits); exact: method='exact' on a "
           "prefix of the same rows;\nfallback: share of rows the fast path sent to the exact "
-          "path; identical: bit-identical values on the prefix." % fast_elems)
+          "path; identical: bit-identical values on the prefix;\nplain-mp: element-by-element "
+          "mpmath at 50 digits on a few rows; vs plain: fast rows/s over plain-mp rows/s." % fast_elems)
     return 1 if bad else 0
 
 
