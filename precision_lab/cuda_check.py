@@ -92,18 +92,6 @@ def compute(inputs: Path, out: Path, device: str = "cuda") -> None:
     np.savez_compressed(out, info=np.array(json.dumps(info)), **res)
 
 
-def _seed_manual_mean(per_sample: np.ndarray, b: int) -> np.ndarray:
-    """The seed's loop per batch: loss = 0.; loss = loss + log(...); loss = -loss / n, in
-    float32 (adding the negated terms gives the negated sum bit for bit)."""
-    out = []
-    for i in range(0, len(per_sample), b):
-        acc = np.float32(0.0)
-        for v in per_sample[i:i + b].astype(np.float32):
-            acc = np.float32(acc + v)
-        out.append(np.float32(acc / np.float32(b)))
-    return np.array(out, dtype=np.float64)
-
-
 def _stats(err: np.ndarray) -> dict:
     fin = err[np.isfinite(err)]
     return {"count": int(err.size), "finite": int(fin.size),
@@ -115,6 +103,7 @@ def _stats(err: np.ndarray) -> dict:
 def analyze(inputs: Path, gpu: Path, out_dir: Path) -> dict:
     """Compare the GPU results in ``gpu`` with torch's CPU kernels here and the truth; write
     ``summary.json`` and ``report.md`` under ``out_dir`` and return the summary."""
+    from .experiment import reduce_in_format  # the seed's loop over per-sample losses
     from .metrics import ulp_distance, ulp_error
     from .reference import cross_entropy_detailed
 
@@ -149,7 +138,9 @@ def analyze(inputs: Path, gpu: Path, out_dir: Path) -> dict:
                 b = SETS[name][0]
                 for side, arr in (("gpu", g), ("cpu", c)):
                     module = arr[f"{name}/{fmt}/torch_mean"]
-                    manual = _seed_manual_mean(arr[f"{name}/{fmt}/torch_manual"], b)
+                    per = arr[f"{name}/{fmt}/torch_manual"].astype(np.float32)
+                    manual = np.array([float(reduce_in_format(per[i:i + b], "mean", fmt))
+                                       for i in range(0, len(per), b)])
                     seed[side] = {
                         "pass_rate_1e-15": float(np.mean(np.abs(module - manual) < 1e-15)),
                         "bit_identical_rate": float(np.mean(module == manual)),

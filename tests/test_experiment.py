@@ -15,6 +15,7 @@ from precision_lab.config import load_config
 from precision_lab.experiment import (ResultsExistError, RunError, reduce_in_format,
                                       run_experiment)
 from precision_lab.metrics import CATEGORIES
+from precision_lab.seed import compute_crossentropyloss_manual
 
 SAMPLE_COLUMNS = ["point", "scale", "sample", "batch", "row", "implementation", "format",
                   "computed", "reference", "exact_hi", "exact_lo", "ulp_distance", "ulp_error",
@@ -165,17 +166,6 @@ def test_failure_while_finishing_keeps_chunks(tiny_config, tmp_path, monkeypatch
 
 # ---------------------------------------------------------------- reductions
 
-def seed_manual_loop(x: torch.Tensor, y0: torch.Tensor) -> torch.Tensor:
-    """compute_crossentropyloss_manual from the seed answer, verbatim."""
-    loss = 0.
-    n_batch, n_class = x.shape
-    for x1, y1 in zip(x, y0):
-        class_index = int(y1.item())
-        loss = loss + torch.log(torch.exp(x1[class_index]) / (torch.exp(x1).sum()))
-    loss = - loss / n_batch
-    return loss
-
-
 def test_generic_mean_reproduces_the_seed_loop_bit_for_bit():
     g = torch.Generator().manual_seed(3)
     for _ in range(200):
@@ -185,7 +175,7 @@ def test_generic_mean_reproduces_the_seed_loop_bit_for_bit():
         per = torch.stack([-torch.log(torch.exp(r[c]) / torch.exp(r).sum()) for r, c in zip(x, y)])
         ours = reduce_in_format(per.numpy(), "mean", "float32")
         assert ours.dtype == np.float32
-        assert ours.view(np.uint32) == seed_manual_loop(x, y).numpy().view(np.uint32)
+        assert ours.view(np.uint32) == compute_crossentropyloss_manual(x, y).numpy().view(np.uint32)
 
 
 def test_reduce_in_format_sums_in_the_format():

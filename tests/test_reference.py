@@ -16,18 +16,13 @@ import numpy as np
 import pytest
 
 from precision_lab import reference as R
+from oracles import exact_loss
 from precision_lab.formats import FORMAT_NAMES, get_format, round_to
 
 DT = {"float16": np.float16, "bfloat16": ml_dtypes.bfloat16, "float32": np.float32,
       "float64": np.float64}
 
 
-def exact_loss(row, t, dps: int = 420) -> mpmath.mpf:
-    """The loss of the exact values of ``row``, naive formula, ``dps`` digits."""
-    vals = [float(v) for v in np.asarray(row).astype(np.float64)]
-    with mpmath.workdps(dps):
-        s = mpmath.fsum(mpmath.exp(mpmath.mpf(v)) for v in vals if v != -math.inf)
-        return mpmath.log(s) - mpmath.mpf(vals[t])
 
 
 def oracle(row, t, fmt, dps: int = 420):

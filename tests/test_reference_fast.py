@@ -14,18 +14,13 @@ from hypothesis import strategies as st
 
 from precision_lab import _fastref as F
 from precision_lab import reference as R
+from oracles import exact_loss
 from precision_lab.formats import FORMAT_NAMES, get_format, round_to
 
 DT = {"float16": np.float16, "bfloat16": ml_dtypes.bfloat16, "float32": np.float32,
       "float64": np.float64}
 
 
-def exact_loss(row, t, dps: int = 420) -> mpmath.mpf:
-    """Independent truth: log(sum exp(x_j)) - x_t at ``dps`` digits (naive formula)."""
-    vals = [float(v) for v in np.asarray(row).astype(np.float64)]
-    with mpmath.workdps(dps):
-        s = mpmath.fsum(mpmath.exp(mpmath.mpf(v)) for v in vals if v != -math.inf)
-        return mpmath.log(s) - mpmath.mpf(vals[t])
 
 
 def agree(x, t, fmt, reduction="none"):

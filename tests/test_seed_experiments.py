@@ -14,6 +14,7 @@ import torch.nn as nn
 
 from precision_lab.config import load_config
 from precision_lab.experiment import run_experiment
+from precision_lab.seed import compute_crossentropyloss_manual
 
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 
@@ -55,17 +56,6 @@ def test_seed_question_values(seed_question):
     assert "e / (3 + e)" in cfg["description"] and "0.7437" in cfg["description"]
 
 
-def seed_manual(x, y0):
-    """compute_crossentropyloss_manual from the seed answer, verbatim."""
-    loss = 0.
-    n_batch, n_class = x.shape
-    for x1, y1 in zip(x, y0):
-        class_index = int(y1.item())
-        loss = loss + torch.log(torch.exp(x1[class_index]) / (torch.exp(x1).sum()))
-    loss = - loss / n_batch
-    return loss
-
-
 def seed_protocol():
     """The seed's CrossEntropyLoss check, transcribed: (share passing, module, manual)."""
     torch.manual_seed(0)
@@ -80,7 +70,7 @@ def seed_protocol():
         x = torch.rand(size=(batch_size, C)).to(torch.float)
         y0 = torch.randint(0, C, size=(batch_size,))
         CEloss = criterion2(x, y0)
-        manual_CEloss = seed_manual(x, y0)
+        manual_CEloss = compute_crossentropyloss_manual(x, y0)
         CE_loss_check = np.abs((CEloss - manual_CEloss).item()) < 10**-precision
         if CE_loss_check:
             n_correct_CE += 1
