@@ -601,6 +601,674 @@ def collect_findings(res: Results) -> list[Finding]:
     return _merge_formats(out)
 
 
+# --------------------------------------------------------------------------- the answer (key findings)
+#
+# A report leads with the answer to its experiment's question: 3 to 8 findings chosen by which
+# mechanisms the data shows (a comparison, a row-by-row explanation, results of 0 for a non-zero
+# loss, inf/NaN results, a trend along a numeric sweep axis, several formats side by side), in
+# the order of how much of the data each mechanism covers, plus one compact key table.  The
+# exhaustive material (all findings, per-point tables, every plot) goes to the appendix.
+
+MAX_KEY_FINDINGS = 8
+#: Sweep axes that change the problem's size rather than its logits' values: along them the
+#: report leads with how the error changes (a trend), along the others with the mechanism
+#: (overflow, cancellation) that the data shows.
+SIZE_AXES = {"classes", "batch_size", "samples", "vocab", "vocab_size", "V"}
+MD_TABLE_ROWS = 8           # rows of a big table shown in report.md (all rows in report.html / CSV)
+MD_FINDINGS = 12            # findings listed in report.md's appendix (all in report.html)
+MD_EXTRA_ROWS = 5           # rows of an analysis table shown in report.md
+HTML_TABLE_ROWS = 600
+
+
+def _arrays(res: Results) -> dict[str, Any] | None:
+    """The per-sample table as numpy arrays (cached on the Results)."""
+    if not hasattr(res, "_arrays_cache"):
+        res._arrays_cache = _sample_arrays(res)  # type: ignore[attr-defined]
+    return res._arrays_cache  # type: ignore[attr-defined]
+
+
+def _identical_groups(res: Results) -> list[list[str]]:
+    """Implementations bit-identical to each other on every sample of every format (at least 10
+    samples per format), as groups in registry order."""
+    impls = list(dict.fromkeys(str(r.get("implementation")) for r in res.summary))
+    fmts = set(str(r.get("format")) for r in res.summary)
+    pairs: dict[tuple[str, str], list[tuple[str, float, int]]] = {}
+    for r in res.agreement:
+        a = r.get("a") or r.get("implementation_a") or r.get("impl_a")
+        b = r.get("b") or r.get("implementation_b") or r.get("impl_b")
+        if a is None or b is None:
+            continue
+        n = int(r.get("count") or r.get("n") or 0)
+        pairs.setdefault((str(a), str(b)), []).append((str(r.get("format")), _f(r.get("identical_rate")), n))
+    parent = {i: i for i in impls}
+
+    def find(i: str) -> str:
+        while parent[i] != i:
+            i = parent[i]
+        return i
+
+    for (a, b), rows in pairs.items():
+        if a not in parent or b not in parent:
+            continue
+        per_fmt: dict[str, int] = {}
+        for fm, rate, n in rows:
+            if rate != 1.0:
+                break
+            per_fmt[fm] = per_fmt.get(fm, 0) + n
+        else:
+            if set(per_fmt) == fmts and min(per_fmt.values(), default=0) >= 10:
+                ra, rb = find(a), find(b)
+                if ra != rb:
+                    parent[rb] = ra
+    groups: dict[str, list[str]] = {}
+    for i in impls:
+        groups.setdefault(find(i), []).append(i)
+    return list(groups.values())
+
+
+def _group_name(names: list[str]) -> str:
+    return " = ".join(names)
+
+
+def _axis_values(res: Results, axis: str) -> list[float]:
+    return sorted({float(r[axis]) for r in res.summary if isinstance(r.get(axis), (int, float))})
+
+
+def _zero_mask(S: dict):
+    import numpy as np
+
+    comp, ref = S["computed"].astype(float), S["reference"].astype(float)
+    return (comp == 0) & (ref != 0) & np.isfinite(ref)
+
+
+def _mechanisms(res: Results) -> list[str]:
+    """Which mechanisms this experiment's data shows, most telling first."""
+    out: list[str] = []
+    if isinstance(res.compare, dict) and res.compare.get("results"):
+        out.append("compare")
+    if res.extras.get("explain"):
+        out.append("explain")
+    if not res.summary:
+        if any(isinstance(v, dict) and v.get("findings") for v in res.extras.values()):
+            out.append("extras")
+        return out
+    axis = _numeric_param(res)
+    aggs = aggregate(res.summary)
+    total = sum(a.total for a in aggs.values()) or 1
+    nf = sum(a.cats.get("overflow", 0) + a.cats.get("nan", 0) + a.cats.get("missed_inf", 0)
+             for a in aggs.values())
+    S = _arrays(res)
+    zero = int(_zero_mask(S).sum()) if S is not None else 0
+    scored = [(zero / total, "cancellation"), (nf / total, "overflow")]
+    for share, name in sorted(scored, reverse=True):
+        if share >= 0.01 or (share > 0 and name == "overflow" and not out):
+            out.append(name)
+    if axis and zero / total < 0.01 and nf / total < 0.1:
+        if axis in SIZE_AXES:
+            # a problem-size axis: how the error changes along it comes first; inf/NaN (if
+            # any) are a local effect at its end
+            out.insert(len([m for m in out if m in ("compare", "explain", "extras")]), "trend")
+        else:
+            out.append("trend")
+    fmts = {a.format for a in aggs.values()}
+    if not axis and len(fmts) >= 2 and "explain" not in out and "compare" not in out:
+        out.append("formats")
+    return out
+
+
+# ---- the mechanisms' key findings; each returns (findings, key tables)
+
+def _key_compare(res: Results) -> tuple[list[Finding], list[Block]]:
+    c = res.compare
+    out: list[Finding] = []
+    tables: list[Block] = []
+    m = res.manifest or {}
+    for r in c.get("results", [])[:2]:
+        a, b, fm, tol = r.get("a"), r.get("b"), r.get("format"), r.get("abs_tol")
+        n, k = int(r.get("count") or 0), int(r.get("passed") or 0)
+        where = ", ".join(x for x in (f"torch {m['torch']}" if m.get("torch") else "",
+                                      f"CPU capability {m['torch_cpu_capability']}"
+                                      if m.get("torch_cpu_capability") else "") if x)
+        out.append(Finding(
+            f"{a} and {b} pass the check |a - b| < {tol:g} on {fmt_rate(k, n)} of the {fm} "
+            f"samples on this machine" + (f" ({where})" if where else "") + ".",
+            {"passed": k, "count": n}, "compare"))
+        ulp, med = r.get("ulp_at_median_reference"), r.get("median_reference")
+        smallest = r.get("smallest_nonzero_difference")
+        ident = r.get("identical")
+        if ulp is not None:
+            out.append(Finding(
+                f"{tol:g} is a bit-identity test in {fm}: one ULP near the median loss "
+                f"{fmt_num(med)} is {fmt_num(ulp, 3)}"
+                + (f", the smallest non-zero difference between the two is {fmt_num(smallest, 3)}"
+                   if smallest is not None else "")
+                + (f", and the samples that pass are exactly the bit-identical ones ({ident} of {n})"
+                   if ident == k else f"; bit-identical on {ident} of {n}") + ".",
+                {"ulp": ulp, "identical": ident}, "compare"))
+        counts = (r.get("ulp_distance") or {}).get("counts") or {}
+        if counts:
+            parts = [f"{v} at {d} ULP" for d, v in sorted(counts.items(), key=lambda kv: int(kv[0]))]
+            out.append(Finding(f"ULP distance between {a} and {b} over the {n} samples: "
+                               + ", ".join(parts) + ".", {"counts": counts}, "compare"))
+            tables.append(Table(["ULP distance |a - b|", "samples", "share", f"passes {tol:g}"],
+                                [[d, v, fmt_rate(int(v), n), "yes" if int(d) == 0 else "no"]
+                                 for d, v in sorted(counts.items(), key=lambda kv: int(kv[0]))],
+                                f"Distance between {a} and {b} in {fm} ULPs."))
+        ea, eb = r.get("a_ulp_error") or {}, r.get("b_ulp_error") or {}
+        if ea and eb:
+            def one(name, e):
+                cnt = int(e.get("count") or 0)
+                return (f"{name} is correctly rounded on "
+                        f"{fmt_rate(int(round(_f(e.get('exact_match_rate')) * cnt)), cnt)} "
+                        f"(mean error {fmt_num(e.get('mean'), 3)} ULP, max {fmt_num(e.get('max'), 3)})")
+            out.append(Finding(f"Against the correctly rounded truth, {one(a, ea)}; {one(b, eb)}. "
+                               f"A correctly rounded result is within 0.5 ULP.",
+                               {"a_mean": ea.get("mean"), "b_mean": eb.get("mean")}, "compare"))
+    return out, tables
+
+
+def _key_explain(res: Results) -> tuple[list[Finding], list[Block]]:
+    ex = res.extras.get("explain") or {}
+    out: list[Finding] = []
+    obj = res.extras.get("explained")
+    if isinstance(obj, dict):
+        for item in obj.get("findings", [])[:1]:
+            if isinstance(item, dict) and item.get("text"):
+                out.append(Finding(item["text"], item.get("numbers", {}), "explained"))
+    per_fmt: dict[str, tuple[str, str, list[dict]]] = {}
+    for stem, e in ex.items():
+        if not isinstance(e, dict):
+            continue
+        fm = stem.split("_row")[0]
+        rows = _rows((e.get("tables") or {}).get("implementations"))
+        mt = re.search(r"correctly rounded loss (\S+) \(exact (\S+)\)", str(e.get("text", "")))
+        if rows and stem.endswith("_row0"):
+            per_fmt[fm] = (mt.group(1) if mt else "?", mt.group(2) if mt else "?", rows)
+    fmts = _format_order(per_fmt)
+    # float32 first: the format the question is usually asked in
+    for fm in sorted(fmts, key=lambda f: (f != "float32", fmts.index(f))):
+        cr, exact, rows = per_fmt[fm]
+        by_val: dict[str, list[dict]] = {}
+        for r in rows:
+            by_val.setdefault(str(r.get("value")), []).append(r)
+        parts = []
+        for val, rs in sorted(by_val.items(), key=lambda kv: _f(kv[1][0].get("ULP error"))):
+            names = _join([str(r.get("implementation")) for r in rs])
+            parts.append(f"{names} {'return' if len(rs) > 1 else 'returns'} {val} "
+                         f"({fmt_num(rs[0].get('ULP error'))} ULP"
+                         + (", correctly rounded" if str(rs[0].get("correctly rounded")) == "True" else "")
+                         + ")")
+        out.append(Finding(f"In {fm} the correctly rounded loss is {cr} (exact {exact}): "
+                           + "; ".join(parts) + ".", {"format": fm, "reference": cr}, "explained"))
+    tables: list[Block] = []
+    if per_fmt:
+        impls = list(dict.fromkeys(str(r.get("implementation")) for f in fmts for r in per_fmt[f][2]))
+        body = []
+        for im in impls:
+            cells = []
+            for fm in fmts:
+                r = next((x for x in per_fmt[fm][2] if str(x.get("implementation")) == im), None)
+                cells.append("—" if r is None else
+                             f"{r.get('value')} ({fmt_num(r.get('ULP error'), 3)} ULP"
+                             + (", CR" if str(r.get("correctly rounded")) == "True" else "") + ")")
+            body.append([im, *cells])
+        tables.append(Table(["implementation", *fmts], body,
+                            "Each implementation's value (its ULP error; CR = correctly rounded). "
+                            "Correctly rounded loss: " + "; ".join(f"{f} {per_fmt[f][0]}" for f in fmts)
+                            + "."))
+    return out, tables
+
+
+def _key_cancellation(res: Results) -> tuple[list[Finding], list[Block]]:
+    import numpy as np
+
+    from .formats import get_format
+
+    S = _arrays(res)
+    if S is None:
+        return [], []
+    zero = _zero_mask(S)
+    axis = next((a for a in res.swept_params() if "axis:" + a in S), None)
+    axv = S["axis:" + axis].astype(float) if axis else None
+    bad = np.isin(S["category"], ["overflow", "nan", "missed_inf"])
+    ref = S["reference"].astype(float)
+    nonzero_truth = (ref != 0) & np.isfinite(ref)
+    fmts = _format_order(set(S["format"].tolist()))
+    impls = list(dict.fromkeys(S["implementation"].tolist()))
+    out: list[Finding] = []
+    info: dict[tuple[str, str], dict] = {}
+    for fm in fmts:
+        groups: dict[tuple, list[str]] = {}
+        for im in impls:
+            sel = (S["format"] == fm) & (S["implementation"] == im)
+            if not sel.any():
+                continue
+            z = zero & sel
+            d = {"rows": int(sel.sum()), "zero": int(z.sum()), "first": None, "all_from": None,
+                 "nonfinite": 0, "lost_max": float(S["reference"][z].astype(float).max()) if z.any() else None}
+            if z.any() and axis:
+                vals = sorted(set(axv[sel].tolist()))
+                # share of the rows with a non-zero truth that come back 0 (points where the
+                # correctly rounded loss is 0 on every row say nothing and are skipped)
+                share = {}
+                for v in vals:
+                    live = sel & (axv == v) & nonzero_truth
+                    if live.any():
+                        share[v] = float(zero[live].mean())
+                d["first"] = min(v for v in share if share[v] > 0)
+                tail = [v for v in share if v >= d["first"]
+                        and all(share[w] == 1.0 for w in share if w >= v)]
+                d["all_from"] = tail[0] if tail else None
+                d["nonfinite"] = int((bad & sel & (axv >= d["first"])).sum())
+            info[(fm, im)] = d
+            if z.any():
+                groups.setdefault((d["first"], d["all_from"], d["zero"], d["nonfinite"]), []).append(im)
+        if not groups:
+            continue
+        parts = []
+        for (first, all_from, k, nfin), names in sorted(
+                groups.items(), key=lambda kv: (kv[0][1] is None, kv[0][0] or 0, -kv[0][2])):
+            n = info[(fm, names[0])]["rows"]
+            if axis and first is not None:
+                s = f"{_join(names)} from {axis} = {fmt_num(first)}"
+                if all_from is not None:
+                    s += f" (every row from {fmt_num(all_from)})"
+                else:
+                    s += f" ({k} of {n} rows" + (f"; {nfin} more are inf/NaN" if nfin else "") + ")"
+            else:
+                s = f"{_join(names)} on {k} of {n} rows"
+            parts.append(s)
+        text = (f"In {fm}, the loss comes back as exactly 0 although the true loss is not 0: "
+                + "; ".join(parts))
+        if axis:
+            selF = S["format"] == fm
+            vals = sorted(set(axv[selF].tolist()))
+            dead = [v for v in vals if all(not nonzero_truth[selF & (axv == w)].any()
+                                           for w in vals if w >= v)]
+            if dead:
+                text += (f". From {axis} = {fmt_num(dead[0])} on, the correctly rounded loss itself "
+                         f"is 0 in {fm} (a 0 there is right)")
+        out.append(Finding(text + ".", {"format": fm}, "cancellation"))
+    # the implementation that keeps the loss: the fewest results of 0, far fewer than the others
+    tot = {im: sum(info[(fm, im)]["zero"] for fm in fmts if (fm, im) in info) for im in impls}
+    if tot:
+        keeper = min(impls, key=lambda im: (tot[im], impls.index(im)))
+        others = [tot[im] for im in impls if im != keeper]
+        if others and tot[keeper] * 2 < min(others):
+            never, where0, worst = [], [], []
+            for fm in fmts:
+                d = info.get((fm, keeper))
+                if d is None:
+                    continue
+                normal = np.abs(ref) >= get_format(fm).smallest_normal
+                sel = (S["format"] == fm) & (S["implementation"] == keeper) & ~zero & normal
+                r = S["relative_error"][sel].astype(float) / get_format(fm).unit_roundoff
+                r = r[np.isfinite(r)]
+                if r.size:
+                    worst.append(f"{fmt_num(float(r.max()), 3)} u in {fm}")
+                if d["zero"] == 0:
+                    never.append(fm)
+                else:
+                    where0.append(f"in {fm} it returns 0 on {d['zero']} of {d['rows']} rows"
+                                  + (f" from {axis} = {fmt_num(d['first'])}" if d["first"] is not None else "")
+                                  + f", where the correctly rounded loss is at most {fmt_num(d['lost_max'], 3)}"
+                                  f" (the smallest positive {fm} is "
+                                  f"{fmt_num(get_format(fm).smallest_subnormal, 3)})")
+            text = f"{keeper} keeps the loss"
+            if never:
+                text += f": it never returns 0 in {_join(never)}"
+            if where0:
+                text += ("; " if never else ": ") + "; ".join(where0)
+            if worst:
+                text += f". Its largest relative error over the sweep, on rows whose correctly rounded " \
+                        f"loss is a normal number: " + ", ".join(worst) + " (u = the format's unit roundoff)"
+            out.append(Finding(text + ".", {"implementation": keeper, "zero_rows": tot[keeper]},
+                               "cancellation"))
+    tables: list[Block] = []
+    if axis and info:
+        body = []
+        for names in _identical_groups(res):
+            if not any((fm, im) in info for fm in fmts for im in names):
+                continue
+            cells = []
+            for fm in fmts:
+                d = info.get((fm, names[0]))
+                if d is None:
+                    cells.append("—")
+                elif not d["zero"]:
+                    cells.append("never")
+                elif d["all_from"] is not None:
+                    cells.append(f"{fmt_num(d['first'])} (all from {fmt_num(d['all_from'])})")
+                else:
+                    cells.append(f"{fmt_num(d['first'])} ({d['zero']}/{d['rows']} rows)")
+            body.append([_group_name(names), *cells])
+        tables.append(Table(["implementation", *fmts], body,
+                            f"First {axis} at which the loss comes back as 0 for a non-zero truth "
+                            f"(and from which {axis} every row does)."))
+    return out, tables
+
+
+def _overflow_cause(res: Results, fm: str, im: str) -> str:
+    obj = res.extras.get("overflow")
+    if not isinstance(obj, dict):
+        return ""
+    for row in _rows((obj.get("tables") or {}).get("overflow causes")):
+        if row.get("format") != fm or im not in (row.get("implementations") or []):
+            continue
+        nbad, n = row.get("non_finite"), row.get("rows")
+        lnM = _f(row.get("ln_max_finite"))
+        if row.get("shifted_sum_overflow") and row.get("shifted_sum_overflow") == nbad:
+            return (f"the shifted sum exp(x_j - max) itself passes the largest finite {fm} value "
+                    f"on all {nbad} failing rows")
+        if not row.get("shifted_sum_overflow") and nbad == row.get("rows_lse_above_ln_max"):
+            fin = row.get("largest_lse_finite")
+            return (f"exactly the {nbad} of {n} rows whose lse(x) exceeds ln(max finite) = "
+                    f"{lnM:.3f} (smallest such lse {fmt_num(row.get('smallest_lse_non_finite'), 6)}"
+                    + (f", largest lse of a finite row {fmt_num(fin, 6)}" if fin is not None else "")
+                    + ")")
+        return (f"{row.get('exp_overflow')} with a single exp overflowing, "
+                f"{row.get('unshifted_sum_overflow')} with only the unshifted sum overflowing, "
+                f"{row.get('shifted_sum_overflow')} with the shifted sum overflowing")
+    return ""
+
+
+def _key_overflow(res: Results) -> tuple[list[Finding], list[Block]]:
+    axis = _numeric_param(res)
+    aggs = aggregate(res.summary)
+    fmts = _format_order(a.format for a in aggs.values())
+    impls = list(dict.fromkeys(a.implementation for a in aggs.values()))
+    cats = ("overflow", "nan", "missed_inf")
+    out: list[Finding] = []
+    info: dict[tuple[str, str], dict] = {}
+    clean_fmts = []
+    for fm in fmts:
+        groups: dict[tuple, list[str]] = {}
+        for im in impls:
+            a = aggs.get((im, fm))
+            if a is None:
+                continue
+            k = sum(a.cats.get(c, 0) for c in cats)
+            d = {"bad": k, "total": a.total, "first": None, "clean": None}
+            if k and axis:
+                pts = sorted((r for r in res.summary if r.get("implementation") == im
+                              and r.get("format") == fm and axis in r), key=lambda r: r[axis])
+                badv = [r[axis] for r in pts if sum(int(r.get(f"n_{c}") or 0) for c in cats)]
+                if badv:
+                    d["first"] = badv[0]
+                    below = [r[axis] for r in pts if r[axis] < badv[0]]
+                    d["clean"] = below[-1] if below else None
+            info[(fm, im)] = d
+            if k:
+                groups.setdefault((d["first"], d["clean"], k, a.total), []).append(im)
+        if not groups:
+            clean_fmts.append(fm)
+            continue
+        for (first, clean, k, total), names in sorted(groups.items(), key=lambda kv: (kv[0][0] is None, kv[0][0] or 0)):
+            text = f"In {fm}, {_join(names)} {'return' if len(names) > 1 else 'returns'} inf/NaN"
+            if first is not None:
+                text += f" from {axis} = {fmt_num(first)}"
+                if clean is not None:
+                    text += f" (finite at {axis} = {fmt_num(clean)})"
+            text += f", on {k} of {total} rows"
+            cause = _overflow_cause(res, fm, names[0])
+            if cause:
+                text += f": {cause}"
+            out.append(Finding(text + ".", {"format": fm, "implementations": names, "count": k,
+                                            "total": total, "first": first}, "overflow"))
+    never = [im for im in impls if all(info.get((fm, im), {}).get("bad", 0) == 0 for fm in fmts)]
+    if never and len(never) < len(impls):
+        n_each = sorted({info[(fm, im)]["total"] for fm in fmts for im in never if (fm, im) in info})
+        out.append(Finding(f"{_join(never)} never return inf or NaN: a finite loss on every row "
+                           f"({'/'.join(str(n) for n in n_each)} per format) in {_join(fmts)}.",
+                           {"implementations": never}, "overflow"))
+    if clean_fmts and len(clean_fmts) < len(fmts):
+        out.append(Finding(f"In {_join(clean_fmts)} every implementation returns a finite loss on "
+                           f"every row.", {"formats": clean_fmts}, "overflow"))
+    tables: list[Block] = []
+    if axis:
+        body = []
+        for names in _identical_groups(res):
+            cells = []
+            for fm in fmts:
+                d = info.get((fm, names[0]))
+                if d is None:
+                    cells.append("—")
+                elif not d["bad"]:
+                    cells.append("never")
+                else:
+                    cells.append(f"{fmt_num(d['first'])}" + (f" (finite at {fmt_num(d['clean'])})"
+                                                            if d["clean"] is not None else "")
+                                 + f", {d['bad']}/{d['total']} rows")
+            body.append([_group_name(names), *cells])
+        tables.append(Table(["implementation", *fmts], body,
+                            f"First {axis} with an inf/NaN loss (the last {axis} below it where all "
+                            f"rows were finite), and how many rows in all."))
+    return out, tables
+
+
+def _key_trend(res: Results) -> tuple[list[Finding], list[Block]]:
+    axis = _numeric_param(res)
+    if not axis:
+        return [], []
+    fmts = _format_order(str(r.get("format")) for r in res.summary)
+    parts, ratios = [], []
+    for fm in fmts:
+        by: dict[float, list[float]] = {}
+        for r in res.summary:
+            if r.get("format") != fm or axis not in r:
+                continue
+            s, m = _stat_count(r), _f(r.get("ulp_error_mean"))
+            if s and not math.isnan(m):
+                w = by.setdefault(float(r[axis]), [0.0, 0.0, 0.0, 0.0])
+                w[0] += m * s
+                w[1] += s
+                w[2] += _exact_count(r)
+                w[3] = max(w[3], _f(r.get("ulp_error_max")))
+        if len(by) < 2:
+            continue
+        xs = sorted(by)
+        mean = {x: by[x][0] / by[x][1] for x in xs}
+        lo, hi = xs[0], xs[-1]
+        ratios.append(mean[hi] / mean[lo] if mean[lo] else math.inf)
+        parts.append(f"{fm} {fmt_num(mean[lo], 3)} at {fmt_num(lo)} → {fmt_num(mean[hi], 3)} at "
+                     f"{fmt_num(hi)} (largest single error {fmt_num(max(by[x][3] for x in xs), 3)})")
+    if not parts:
+        return [], []
+    worst = max(ratios)
+    verdict = (f"pooled, it does not grow with {axis} (largest ratio last/first {worst:.2f})"
+               if worst <= 1.5 else f"pooled, it grows with {axis}, by up to a factor of {worst:.3g}")
+    # the single implementation x format whose mean error grows most from first to last point
+    one = []
+    gname = {im: _group_name(g) for g in _identical_groups(res) for im in g}
+    for (im, fm), a in aggregate(res.summary).items():
+        if gname.get(im, im).split(" = ")[0] != im:
+            continue  # one line per group of bit-identical implementations
+        pts = sorted((r for r in res.summary if r.get("implementation") == im and r.get("format") == fm
+                      and axis in r and _stat_count(r) and _f(r.get("ulp_error_mean")) > 0),
+                     key=lambda r: r[axis])
+        if len(pts) >= 2:
+            m0, m1 = _f(pts[0].get("ulp_error_mean")), _f(pts[-1].get("ulp_error_mean"))
+            one.append((m1 / m0, im, fm, pts[0][axis], m0, pts[-1][axis], m1))
+    extra = ""
+    if one and max(one)[0] > 1.5:
+        r, im, fm, x0, m0, x1, m1 = max(one)
+        extra = (f"; the largest growth of one implementation is {gname.get(im, im)} in {fm}, "
+                 f"{fmt_num(m0, 3)} → {fmt_num(m1, 3)} ULP from {axis} = {fmt_num(x0)} to "
+                 f"{fmt_num(x1)} (x{r:.2g})")
+    return [Finding(f"Mean ULP error against {axis} (all implementations pooled, finite results): "
+                    + "; ".join(parts) + f": {verdict}{extra}.", {"axis": axis, "max_ratio": worst},
+                    "trend")], []
+
+
+def _key_formats(res: Results) -> tuple[list[Finding], list[Block]]:
+    aggs = aggregate(res.summary)
+    fmts = _format_order(a.format for a in aggs.values())
+    out: list[Finding] = []
+    groups = _identical_groups(res)
+    spreads = []
+    for names in groups:
+        shares = {fm: aggs[(names[0], fm)].exact / aggs[(names[0], fm)].stat
+                  for fm in fmts if (names[0], fm) in aggs and aggs[(names[0], fm)].stat}
+        if len(shares) >= 2:
+            spreads.append((max(shares.values()) - min(shares.values()), names, shares))
+    if spreads:
+        spreads.sort(key=lambda s: -s[0])
+        big, small = spreads[0], spreads[-1]
+        out.append(Finding(
+            f"Largest difference between formats: {_join(big[1])}, correctly rounded on "
+            + ", ".join(f"{fmt_pct(v)} in {fm}" for fm, v in big[2].items())
+            + f" ({100 * big[0]:.1f} percentage points apart); smallest: {_join(small[1])}, "
+            + ", ".join(f"{fmt_pct(v)} in {fm}" for fm, v in small[2].items()) + ".",
+            {"largest": big[1], "spread": big[0]}, "formats"))
+    means = [(a.ulp_mean, a.implementation, a.format) for a in aggs.values() if a.stat]
+    if means:
+        lo, hi = min(means), max(means)
+        out.append(Finding(
+            f"Measured in each format's own ULPs, every implementation's mean error lies between "
+            f"{fmt_num(lo[0], 3)} ULP ({lo[1]}, {lo[2]}) and {fmt_num(hi[0], 3)} ULP ({hi[1]}, {hi[2]}) "
+            f"in every format.", {"min": lo[0], "max": hi[0]}, "formats"))
+    b = res.extras.get("bounds")
+    if isinstance(b, dict):
+        acc: dict[tuple[str, str], list] = {}
+        for row in _rows((b.get("tables") or {}).get("bounds vs measured")):
+            k = (str(row.get("implementation")), str(row.get("bound")))
+            v = acc.setdefault(k, [0, 0, 0.0, set()])
+            v[0] += int(row.get("within") or 0)
+            v[1] += int(row.get("rows") or 0)
+            v[2] = max(v[2], _f(row.get("max_measured_over_bound")) if row.get("max_measured_over_bound") is not None else 0.0)
+            v[3].add(row.get("format"))
+        if acc:
+            parts = [f"{im} within the {bd} bound on {fmt_rate(w, n)} of rows (largest measured/bound "
+                     f"{fmt_num(mx, 3)})" for (im, bd), (w, n, mx, _) in acc.items()]
+            allok = all(w == n for w, n, _, _ in acc.values())
+            out.append(Finding(("The error bounds hold on every row: " if allok else "Error bounds: ")
+                               + "; ".join(parts) + ", over " + _join(_format_order(
+                                   set().union(*(v[3] for v in acc.values())))) + ".",
+                               {"all_within": allok}, "bounds"))
+    body = []
+    for names in groups:
+        cells = []
+        for fm in fmts:
+            a = aggs.get((names[0], fm))
+            cells.append("—" if a is None or not a.stat else
+                         f"{fmt_pct(a.exact / a.stat)} ({fmt_num(a.ulp_mean, 2)})")
+        body.append([_group_name(names), *cells])
+    table = Table(["implementation", *fmts], body,
+                  "Correctly rounded share per format (mean ULP error in that format's ULPs).")
+    return out, [table]
+
+
+def _key_accuracy(res: Results) -> list[Finding]:
+    """Two summary lines: the most often correctly rounded implementation per format, and the
+    largest single error per format."""
+    aggs = aggregate(res.summary)
+    fmts = _format_order(a.format for a in aggs.values())
+    best, worst = [], []
+    for fm in fmts:
+        rows = [a for a in aggs.values() if a.format == fm and a.stat]
+        if not rows:
+            continue
+        most = max(a.stat for a in rows)
+        rows = [a for a in rows if a.stat >= 0.5 * most]
+        b = max(rows, key=lambda a: (a.exact / a.stat, -len(a.implementation)))
+        tied = [a.implementation for a in rows if a.exact / a.stat == b.exact / b.stat]
+        best.append(f"{fm} {_join(tied)} {fmt_rate(b.exact, b.stat)}")
+        w = max(rows, key=lambda a: -1 if math.isnan(a.ulp_max) else a.ulp_max)
+        if not math.isnan(w.ulp_max):
+            worst.append(f"{fm} {fmt_num(w.ulp_max)} ULP ({w.implementation})")
+    out = []
+    if best:
+        out.append(Finding("Most often correctly rounded (finite results): " + "; ".join(best) + ".",
+                           {}, "accuracy"))
+    if worst:
+        out.append(Finding("Largest single error: " + "; ".join(worst)
+                           + "; a correctly rounded result is within 0.5 ULP.", {}, "accuracy"))
+    return out
+
+
+_KEY = {"compare": _key_compare, "explain": _key_explain, "cancellation": _key_cancellation,
+        "overflow": _key_overflow, "trend": _key_trend, "formats": _key_formats}
+
+
+def key_findings(res: Results) -> tuple[list[Finding], list[Block], list[str]]:
+    """The answer: 3 to 8 findings, the key tables, and the mechanisms they come from."""
+    mechs = _mechanisms(res)
+    found: list[Finding] = []
+    tables: list[Block] = []
+    for m in mechs:
+        if m == "extras":
+            for f in find_extras(res):
+                found.append(f)
+            continue
+        try:
+            f, t = _KEY[m](res)
+        except Exception as exc:  # noqa: BLE001 - a broken selector must not hide the report
+            f, t = [Finding(f"(key findings for {m} failed: {type(exc).__name__}: {exc})", {}, "error")], []
+        found.extend(f)
+        if not tables:
+            tables.extend(t[:1])
+    if res.summary and len(found) < MAX_KEY_FINDINGS - 1:
+        acc = _key_accuracy(res)
+        if "explain" in mechs:
+            acc = []
+        elif "compare" in mechs:
+            acc = acc[:1]
+        found.extend(acc)
+    if len(found) < 3:
+        have = {f.text for f in found}
+        for f in collect_findings(res):
+            if len(found) >= 3:
+                break
+            if f.text not in have:
+                found.append(f)
+    return found[:MAX_KEY_FINDINGS], tables, mechs
+
+
+def _key_plots(res: Results, mechs: list[str]) -> list[Path]:
+    """The 1-4 plots that show the leading mechanisms."""
+    plots = sorted(res.plots, key=_plot_order)
+    axis = _numeric_param(res)
+    fmts = _format_order(str(r.get("format")) for r in res.summary)
+    want: list[Path] = []
+
+    def add(pred: Callable[[str], bool], limit: int = 4) -> None:
+        for p in plots:
+            if len(want) >= 4 or limit <= 0:
+                return
+            if pred(p.stem) and p not in want:
+                want.append(p)
+                limit -= 1
+
+    for m in mechs:
+        if m == "compare":
+            fm = (res.compare.get("results") or [{}])[0].get("format", "")
+            add(lambda s: s == "compare")
+            if not any(p.stem == "compare" for p in want):
+                add(lambda s: s == f"ulp_hist_{fm}")
+        elif m == "explain":
+            add(lambda s: s == "by_format")
+        elif m == "cancellation":
+            add(lambda s: s.startswith("relative_error_vs_"), 1)
+        elif m == "overflow":
+            add(lambda s: s.startswith("nonfinite_vs_overflow_margin"))
+        elif m == "trend" and axis:
+            add(lambda s: s == f"error_vs_{axis}")
+            if not any(p.stem == f"error_vs_{axis}" for p in want):
+                add(lambda s: s == f"ulp_vs_{axis}_float32", 1)
+        elif m == "formats":
+            add(lambda s: s == "by_format")
+            add(lambda s: s.startswith("bound_vs_measured"))
+        elif m == "extras":
+            add(lambda s: s.startswith("capabilities"))
+    if not want:
+        add(lambda s: any(s.startswith(k) for k in PLOT_CAPTIONS), 2)
+    if not want:
+        add(lambda s: s == "mean_ulp_by_format" or (axis is not None and s.startswith(f"ulp_vs_{axis}_")), 1)
+    if not want:
+        add(lambda s: True, 1)
+    return want
+
+
 # --------------------------------------------------------------------------- document model
 
 @dataclass
@@ -624,6 +1292,8 @@ class Table:
     headers: list[str]
     rows: list[list[Any]]
     caption: str = ""
+    md_rows: int | None = None   # report.md shows at most this many rows (None: all) ...
+    md_note: str = ""            # ... and this note where it leaves rows out
 
 
 @dataclass
@@ -635,9 +1305,18 @@ class Image:
 @dataclass
 class Code:
     text: str
+    md_note: str | None = None   # report.md shows this note instead of the text when set
 
 
-Block = Heading | Para | Bullets | Table | Image | Code
+@dataclass
+class Details:
+    """An appendix section: collapsed (<details>) in report.html, a ### section in report.md."""
+
+    title: str
+    blocks: list
+
+
+Block = Heading | Para | Bullets | Table | Image | Code | Details
 
 
 #: Captions of the analyses' plots (by file-name prefix); they are shown first, in this order.
@@ -645,10 +1324,22 @@ PLOT_CAPTIONS = {
     "nonfinite_vs_overflow_margin": "Share of rows whose loss is inf/NaN, against ln(the sum of "
         "exponentials the implementation forms) - ln(largest finite value of the format): the "
         "step at 0 is the overflow. Implementations with identical results share a line.",
-    "relative_error_vs_": "Median relative error of the loss, in units of u, against the swept "
-        "parameter; the dotted line is a relative error of 1 (a result of 0), the dashed one 0.5 u.",
+    "relative_error_vs_": "Median relative error of the loss against the swept parameter, in "
+        "units of the format's unit roundoff u = 2^-p; the dotted line is a relative error of 1 (a "
+        "result of 0), the dashed one 0.5 u. Implementations with identical curves share a line.",
     "bound_vs_measured": "Measured relative error of the loss against the error bound at the same "
         "row (units of u), one point per row; points below the red line respect the bound.",
+    "compare": "Left: how far apart the two compared implementations are, in ULPs of the "
+        "format; only the bit-identical (0 ULP) share passes the tolerance. Right: each one's "
+        "ULP error against the correctly rounded truth (dotted: 0.5 ULP).",
+    "by_format": "Per implementation and format: the share of samples returned correctly rounded "
+        "and the (mean) ULP error, in each format's own ULPs (dotted: 0.5 ULP; with one sample per "
+        "format only the error is drawn). Implementations that return the same bits on every "
+        "sample share a bar.",
+    "error_vs_": "Mean ULP error of each implementation against the swept parameter, one panel "
+        "per format, each in its own format's ULPs (finite results only; the dotted line is 0.5 ULP, "
+        "the most a correctly rounded result is off). Implementations that return the same bits "
+        "on every sample share a line.",
     "capabilities": "Left: how far apart nn.CrossEntropyLoss and the seed's loop are, per CPU "
         "kernel set; only the 0-ULP share passes |a - b| < 1e-15. Right: each one's error "
         "against the correctly rounded mean loss.",
@@ -662,6 +1353,17 @@ def _plot_caption(p: Path) -> str:
     for prefix, cap in PLOT_CAPTIONS.items():
         if p.stem.startswith(prefix):
             return cap
+    m = re.fullmatch(r"ulp_hist_(\w+)", p.stem)
+    if m:
+        return (f"{m.group(1)}: samples per ULP error and implementation (log x, exact results "
+                f"in the '0' bin; dotted: 0.5 ULP, correct rounding).")
+    m = re.fullmatch(r"ulp_vs_(\w+)_(float16|bfloat16|float32|float64)", p.stem)
+    if m:
+        return (f"{m.group(2)}: mean (solid) and largest (dashed) ULP error of each implementation "
+                f"against {m.group(1)}; finite results only.")
+    if p.stem == "mean_ulp_by_format":
+        return ("Mean ULP error of each implementation in each format, each measured in its own "
+                "format's ULPs (finite results only).")
     return p.stem.replace("_", " ")
 
 
@@ -672,57 +1374,11 @@ def _plot_order(p: Path) -> tuple:
     return (len(PLOT_CAPTIONS), p.name)
 
 
-def _summary_tables(res: Results) -> list[Block]:
+def _json_body(obj: Any) -> list[Block]:
+    """Render an extra JSON: its 'text' as paragraphs, its 'findings' as a list, its 'tables'
+    ({title: [rows]}) as tables (report.md shows the first rows of each), anything else as
+    pretty JSON (trimmed)."""
     blocks: list[Block] = []
-    aggs = aggregate(res.summary)
-    if not aggs:
-        return [Para("No summary.json in this folder.")]
-    params = res.swept_params()
-    heads = ["format", "implementation", "samples", "correctly rounded", "mean ULP err",
-             "max p99 ULP err", "max ULP err", "mean bits", "overflow", "nan", "missed inf"]
-    rows = []
-    for fmt in _format_order(a.format for a in aggs.values()):
-        for a in sorted((a for a in aggs.values() if a.format == fmt), key=lambda a: a.implementation):
-            rows.append([fmt, a.implementation, a.total, fmt_rate(a.exact, a.stat),
-                         fmt_num(a.ulp_mean), fmt_num(a.ulp_p99_max), fmt_num(a.ulp_max),
-                         fmt_num(a.bits_mean), a.cats.get("overflow", 0), a.cats.get("nan", 0),
-                         a.cats.get("missed_inf", 0)])
-    cap = "All sweep points combined." if params else ""
-    blocks.append(Table(heads, rows, cap))
-    if params and len(res.summary) > 1:
-        heads2 = ["point", *params, "format", "implementation", "samples", "correctly rounded",
-                  "median ULP err", "max ULP err", "overflow", "nan"]
-        rows2 = []
-        srt = sorted(res.summary, key=lambda r: (_format_order([str(r.get("format"))]),
-                                                 str(r.get("implementation")), r.get("point", 0)))
-        for r in srt[:600]:
-            rows2.append([r.get("point"), *[fmt_num(r.get(p)) for p in params], r.get("format"),
-                          r.get("implementation"), _total(r),
-                          fmt_rate(_exact_count(r), _stat_count(r)),
-                          fmt_num(r.get("ulp_error_median")), fmt_num(r.get("ulp_error_max")),
-                          int(r.get("n_overflow") or 0), int(r.get("n_nan") or 0)])
-        cap2 = "Per sweep point." + (" First 600 rows; all rows in summary.csv."
-                                     if len(srt) > 600 else "")
-        blocks.append(Table(heads2, rows2, cap2))
-    return blocks
-
-
-def _agreement_table(res: Results) -> list[Block]:
-    if not res.agreement:
-        return []
-    keys = [k for k in res.agreement[0].keys()]
-    rows = [[fmt_num(r.get(k)) if isinstance(r.get(k), float) else r.get(k) for k in keys]
-            for r in res.agreement[:600]]
-    return [Heading("Agreement between implementations", 2),
-            Para("identical_rate: share of samples where the two implementations return the same "
-                 "bits; ulp_distance: representable steps between their results."),
-            Table(keys, rows, "" if len(res.agreement) <= 600 else "First 600 rows; all in agreement.csv.")]
-
-
-def _json_block(title: str, obj: Any) -> list[Block]:
-    """Render an extra JSON: its 'tables' ({title: [rows]}) as tables, 'text' as paragraphs,
-    anything else as pretty JSON (trimmed)."""
-    blocks: list[Block] = [Heading(title, 2)]
     if isinstance(obj, dict):
         if obj.get("text"):
             for para in str(obj["text"]).split("\n\n"):
@@ -733,7 +1389,10 @@ def _json_block(title: str, obj: Any) -> list[Block]:
                 rows = _rows(trows)
                 if rows:
                     keys = list(dict.fromkeys(k for r in rows for k in r))
-                    blocks.append(Table(keys, [[_cell(r.get(k)) for k in keys] for r in rows], tname))
+                    blocks.append(Table(keys, [[_cell(r.get(k)) for k in keys] for r in rows], tname,
+                                        md_rows=MD_EXTRA_ROWS,
+                                        md_note=f"First {MD_EXTRA_ROWS} of {len(rows)} rows; all in "
+                                                f"report.html and the folder's JSON."))
         if obj.get("text") or isinstance(tables, dict):
             return blocks
     s = json.dumps(obj, indent=1, default=str)
@@ -741,6 +1400,11 @@ def _json_block(title: str, obj: Any) -> list[Block]:
         s = s[:6000] + "\n... (truncated; see the JSON file)"
     blocks.append(Code(s))
     return blocks
+
+
+def _json_block(title: str, obj: Any) -> list[Block]:
+    """:func:`_json_body` under a heading."""
+    return [Heading(title, 2), *_json_body(obj)]
 
 
 def _cell(v: Any) -> Any:
@@ -756,22 +1420,28 @@ def _provenance(res: Results) -> list[Block]:
     rows: list[list[Any]] = []
 
     def add(k: str, v: Any) -> None:
-        if isinstance(v, dict):
-            for k2, v2 in v.items():
-                add(f"{k}.{k2}", v2)
+        if isinstance(v, dict):  # one row: "key value; key value"
+            rows.append([k, "; ".join(f"{k2} {', '.join(map(str, v2)) if isinstance(v2, list) else v2}"
+                                      for k2, v2 in v.items())])
         elif isinstance(v, list):
             rows.append([k, ", ".join(str(x) for x in v)])
         else:
             rows.append([k, v])
 
+    bulky = ("timings", "chunk_info", "chunks", "points", "files", "plots")
     for k, v in m.items():
-        if k in ("config", "resolved_config") or (k == "experiment" and isinstance(v, dict)):
+        if k in ("config", "resolved_config", "question", "description") or (
+                k == "experiment" and isinstance(v, dict)):
+            continue
+        if k in bulky and isinstance(v, (list, dict)):
+            rows.append([k, f"{len(v)} entries (see manifest.json)"])
             continue
         add(k, v)
-    blocks: list[Block] = [Heading("Provenance", 2), Table(["field", "value"], rows)]
+    blocks: list[Block] = [Table(["field", "value"], rows, "From manifest.json.")]
     if res.config:
         blocks.append(Para("Resolved configuration:"))
-        blocks.append(Code(json.dumps(res.config, indent=2, default=str)))
+        blocks.append(Code(json.dumps(res.config, indent=2, default=str),
+                           md_note="(in manifest.json under \"config\", and in report.html)"))
     return blocks
 
 
@@ -785,48 +1455,175 @@ MEASURES_TEXT = (
 )
 
 
+def _summary_compact(res: Results) -> list[Block]:
+    """One row per implementation x format over the whole sweep; implementations that are
+    bit-identical on every sample share a row."""
+    aggs = aggregate(res.summary)
+    if not aggs:
+        return [Para("No summary.json in this folder.")]
+    import numpy as np
+
+    S = _arrays(res)
+    med: dict[tuple[str, str], float] = {}
+    zero_n: dict[tuple[str, str], int] = {}
+    if S is not None:
+        stat = np.isin(S["category"], ["finite", "inf_match"])
+        zero = _zero_mask(S)
+        for (im, fm) in aggs:
+            sel = (S["implementation"] == im) & (S["format"] == fm)
+            e = S["ulp_error"][sel & stat].astype(float)
+            e = e[np.isfinite(e)]
+            if e.size:
+                med[(im, fm)] = float(np.median(e))
+            zero_n[(im, fm)] = int((zero & sel).sum())
+    show_zero = any(zero_n.values())
+    heads = ["format", "implementation", "samples", "correctly rounded",
+             "median ULP err" if med else "mean ULP err", "max ULP err", "inf/NaN"]
+    if show_zero:
+        heads.append("0 for a non-zero loss")
+    rows = []
+    groups = _identical_groups(res)
+    for fm in _format_order(a.format for a in aggs.values()):
+        for names in groups:
+            a = aggs.get((names[0], fm))
+            if a is None:
+                continue
+            nf = a.cats.get("overflow", 0) + a.cats.get("nan", 0) + a.cats.get("missed_inf", 0)
+            row = [fm, _group_name(names), a.total, fmt_rate(a.exact, a.stat),
+                   fmt_num(med.get((names[0], fm), a.ulp_mean if not med else None), 3),
+                   fmt_num(a.ulp_max, 4), nf]
+            if show_zero:
+                row.append(zero_n.get((names[0], fm), 0))
+            rows.append(row)
+    params = res.swept_params()
+    cap = ("All sweep points combined; " if params and len(res.summary) > len(aggs) else "") + \
+          "'a = b' rows are implementations that return the same bits on every sample; statistics " \
+          "over finite results (inf/NaN counted apart)."
+    return [Table(heads, rows, cap)]
+
+
+def _per_point_table(res: Results) -> Table | None:
+    params = res.swept_params()
+    if not params or len(res.summary) <= 1:
+        return None
+    heads = ["point", *params, "format", "implementation", "samples", "correctly rounded",
+             "median ULP err", "max ULP err", "overflow", "nan"]
+    srt = sorted(res.summary, key=lambda r: (_format_order([str(r.get("format"))]),
+                                             str(r.get("implementation")), r.get("point", 0)))
+    rows = [[r.get("point"), *[fmt_num(r.get(p)) for p in params], r.get("format"),
+             r.get("implementation"), _total(r), fmt_rate(_exact_count(r), _stat_count(r)),
+             fmt_num(r.get("ulp_error_median")), fmt_num(r.get("ulp_error_max")),
+             int(r.get("n_overflow") or 0), int(r.get("n_nan") or 0)] for r in srt[:HTML_TABLE_ROWS]]
+    return Table(heads, rows, f"One row per sweep point, implementation and format ({len(srt)} rows"
+                 + (f"; the first {HTML_TABLE_ROWS} here" if len(srt) > HTML_TABLE_ROWS else "")
+                 + "; all in summary.csv).", md_rows=MD_TABLE_ROWS,
+                 md_note=f"First {MD_TABLE_ROWS} of {len(srt)} rows; all rows in "
+                         f"[summary.csv](summary.csv) and in report.html.")
+
+
+def _agreement_blocks(res: Results) -> list[Block]:
+    if not res.agreement:
+        return []
+    keys = list(res.agreement[0].keys())
+    full = Table(keys, [[fmt_num(r.get(k)) if isinstance(r.get(k), float) else r.get(k) for k in keys]
+                        for r in res.agreement[:HTML_TABLE_ROWS]],
+                 f"Every row of agreement.json ({len(res.agreement)} rows"
+                 + (f"; the first {HTML_TABLE_ROWS} here" if len(res.agreement) > HTML_TABLE_ROWS else "")
+                 + "; all in agreement.csv).", md_rows=0,
+                 md_note=f"The per-point table ({len(res.agreement)} rows) is in "
+                         f"[agreement.csv](agreement.csv) and in report.html.")
+    # aggregated: one row per format and pair, least identical first
+    acc: dict[tuple[str, str, str], list] = {}
+    for r in res.agreement:
+        a = r.get("a") or r.get("implementation_a") or r.get("impl_a")
+        b = r.get("b") or r.get("implementation_b") or r.get("impl_b")
+        if a is None or b is None:
+            continue
+        n = int(r.get("count") or r.get("n") or 0)
+        v = acc.setdefault((str(r.get("format")), str(a), str(b)), [0, 0, math.nan])
+        v[0] += int(round(_f(r.get("identical_rate")) * n)) if not math.isnan(_f(r.get("identical_rate"))) else 0
+        v[1] += n
+        v[2] = _nanmax([v[2], r.get("ulp_distance_max")])
+    rows = sorted(acc.items(), key=lambda kv: (kv[1][0] / kv[1][1] if kv[1][1] else 1.0,
+                                               _format_order([kv[0][0]])))
+    agg = Table(["format", "a", "b", "bit-identical", "max ULP apart"],
+                [[fm, a, b, fmt_rate(k, n), fmt_num(d)] for (fm, a, b), (k, n, d) in rows],
+                "All sweep points combined, least agreeing pairs first.", md_rows=MD_TABLE_ROWS,
+                md_note=f"The {MD_TABLE_ROWS} least agreeing of {len(rows)} format x pair rows; "
+                        f"all in report.html.")
+    return [Para("identical_rate: share of samples where the two implementations return the same "
+                 "bits; ulp_distance: representable steps between their results."), agg, full]
+
+
 def build_document(res: Results) -> tuple[str, list[Block]]:
-    """The report as a title and a list of blocks."""
+    """The report as a title and a list of blocks: the question, the answer (key findings, key
+    table, key plots), a compact summary, then the appendix (collapsed in report.html)."""
     title = f"precision-lab report: {res.name}"
     blocks: list[Block] = []
     blocks.append(Heading("Question", 2))
     blocks.append(Para(res.question or "(the config states no question)"))
-    if res.description:
-        blocks.append(Para(res.description))
     status = res.manifest.get("status")
     if status and status != "complete":
         blocks.append(Para(f"Status: {status} — this run did not finish; the numbers cover only "
                            "what it computed."))
-    findings = collect_findings(res)
-    blocks.append(Heading("Findings", 2))
-    if findings:
-        blocks.append(Table(["#", "finding"], [[i + 1, f.text] for i, f in enumerate(findings)],
-                            "Every sentence is generated from this folder's data."))
+    key, key_tables, mechs = key_findings(res)
+    blocks.append(Heading("Answer: key findings", 2))
+    if key:
+        blocks.append(Bullets([f.text for f in key]))
     else:
         blocks.append(Para("No findings could be generated (no summary data)."))
-    blocks.append(Para(MEASURES_TEXT))
-    if res.plots:
-        blocks.append(Heading("Plots", 2))
-        for p in sorted(res.plots, key=_plot_order):
+    blocks.extend(key_tables)
+    kplots = _key_plots(res, mechs)
+    if kplots:
+        blocks.append(Heading("Key plots", 2))
+        for p in kplots:
             blocks.append(Image(p, _plot_caption(p)))
-    blocks.append(Heading("Summary", 2))
-    blocks.extend(_summary_tables(res))
-    blocks.extend(_agreement_table(res))
-    if res.compare is not None:
-        blocks.extend(_json_block("Comparison", res.compare))
+    if res.summary:
+        blocks.append(Heading("Summary", 2))
+        blocks.extend(_summary_compact(res))
+    blocks.append(Para(MEASURES_TEXT))
+    if res.description:
+        blocks.append(Heading("Setup", 2))
+        blocks.append(Para(res.description))
+
+    # ---- appendix
+    blocks.append(Heading("Appendix", 2))
+    letter = iter("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+    findings = collect_findings(res)
+    if findings:
+        blocks.append(Details(f"{next(letter)}. All findings ({len(findings)})", [
+            Table(["#", "finding"], [[i + 1, f.text] for i, f in enumerate(findings)],
+                  "Every sentence is generated from this folder's data.", md_rows=MD_FINDINGS,
+                  md_note=f"First {MD_FINDINGS} of {len(findings)} findings; all of them in "
+                          f"report.html.")]))
+    tail: list[Block] = []
+    pp = _per_point_table(res)
+    if pp is not None:
+        tail.append(pp)
+    if tail:
+        blocks.append(Details(f"{next(letter)}. Summary per sweep point", tail))
+    ag = _agreement_blocks(res)
+    if ag:
+        blocks.append(Details(f"{next(letter)}. Agreement between implementations", ag))
     titles = {"attribution": "Per-step error attribution and the fused torch kernel",
               "bounds": "Error bounds (Blanchard, Higham & Higham) against measured errors",
               "capabilities": "CPU kernel capability study (ATEN_CPU_CAPABILITY)",
               "conditioning": "Conditioning", "overflow": "Where each implementation overflows",
               "cancellation": "Cancellation: results of 0 for a non-zero loss",
               "explained": "Rows explained"}
+    if res.compare is not None:
+        blocks.append(Details(f"{next(letter)}. Comparison", _json_body(res.compare)))
     for name, obj in res.extras.items():
         if name == "explain":
             for stem, e in obj.items():
-                blocks.extend(_json_block(f"Explained sample: {stem}", e))
+                blocks.append(Details(f"{next(letter)}. Explained sample: {stem}", _json_body(e)))
         else:
-            blocks.extend(_json_block(titles.get(name, name), obj))
-    blocks.extend(_provenance(res))
+            blocks.append(Details(f"{next(letter)}. {titles.get(name, name)}", _json_body(obj)))
+    rest = [p for p in sorted(res.plots, key=_plot_order) if p not in kplots]
+    if rest:
+        blocks.append(Details(f"{next(letter)}. Other plots ({len(rest)})",
+                              [Image(p, _plot_caption(p)) for p in rest]))
+    blocks.append(Details(f"{next(letter)}. Provenance", _provenance(res)))
     return title, blocks
 
 
@@ -837,8 +1634,7 @@ def _md_cell(v: Any) -> str:
     return s.replace("|", "\\|").replace("\n", " ")
 
 
-def render_markdown(title: str, blocks: list[Block], root: Path) -> str:
-    out = [f"# {title}", ""]
+def _md_blocks(blocks: list[Block], root: Path, out: list[str]) -> None:
     for b in blocks:
         if isinstance(b, Heading):
             out += ["#" * b.level + " " + b.text, ""]
@@ -849,16 +1645,31 @@ def render_markdown(title: str, blocks: list[Block], root: Path) -> str:
         elif isinstance(b, Table):
             if b.caption:
                 out += [f"*{b.caption}*", ""]
-            out.append("| " + " | ".join(_md_cell(h) for h in b.headers) + " |")
-            out.append("|" + "|".join("---" for _ in b.headers) + "|")
-            for r in b.rows:
-                out.append("| " + " | ".join(_md_cell(c) for c in r) + " |")
-            out.append("")
+            rows = b.rows
+            cut = b.md_rows is not None and len(rows) > b.md_rows
+            if cut:
+                rows = rows[:b.md_rows]
+            if rows or not cut:
+                out.append("| " + " | ".join(_md_cell(h) for h in b.headers) + " |")
+                out.append("|" + "|".join("---" for _ in b.headers) + "|")
+                for r in rows:
+                    out.append("| " + " | ".join(_md_cell(c) for c in r) + " |")
+                out.append("")
+            if cut and b.md_note:
+                out += [b.md_note, ""]
         elif isinstance(b, Image):
             rel = b.path.relative_to(root).as_posix() if b.path.is_relative_to(root) else b.path.as_posix()
-            out += [f"![{b.caption}]({rel})", "", f"*{b.caption}*", ""]
+            out += [f"![{b.path.stem}]({rel})", "", f"*{b.caption}*", ""]
         elif isinstance(b, Code):
-            out += ["```", b.text, "```", ""]
+            out += [b.md_note, ""] if b.md_note else ["```", b.text, "```", ""]
+        elif isinstance(b, Details):
+            out += [f"### {b.title}", ""]
+            _md_blocks(b.blocks, root, out)
+
+
+def render_markdown(title: str, blocks: list[Block], root: Path) -> str:
+    out = [f"# {title}", ""]
+    _md_blocks(blocks, root, out)
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -871,13 +1682,13 @@ th{background:#f2f2f2} tr:nth-child(even) td{background:#fafafa}
 figure{margin:1em 0} img{max-width:100%;border:1px solid #ddd}
 figcaption{font-style:italic;color:#444} pre{background:#f6f6f6;padding:.6em;overflow:auto;
 font-size:.85em} caption{caption-side:top;text-align:left;font-style:italic;color:#444}
+details{margin:.5em 0;border:1px solid #ddd;border-radius:4px;padding:.3em .8em}
+summary{cursor:pointer;font-weight:600;font-size:1.05em}
 """
 
 
-def render_html(title: str, blocks: list[Block]) -> str:
+def _html_blocks(blocks: list[Block], out: list[str]) -> None:
     e = html.escape
-    out = ["<!DOCTYPE html>", "<html lang=\"en\"><head><meta charset=\"utf-8\">",
-           f"<title>{e(title)}</title><style>{_CSS}</style></head><body>", f"<h1>{e(title)}</h1>"]
     for b in blocks:
         if isinstance(b, Heading):
             out.append(f"<h{b.level}>{e(b.text)}</h{b.level}>")
@@ -901,6 +1712,17 @@ def render_html(title: str, blocks: list[Block]) -> str:
                        f"<figcaption>{e(b.caption)}</figcaption></figure>")
         elif isinstance(b, Code):
             out.append(f"<pre>{e(b.text)}</pre>")
+        elif isinstance(b, Details):
+            out.append(f"<details><summary>{e(b.title)}</summary>")
+            _html_blocks(b.blocks, out)
+            out.append("</details>")
+
+
+def render_html(title: str, blocks: list[Block]) -> str:
+    e = html.escape
+    out = ["<!DOCTYPE html>", "<html lang=\"en\"><head><meta charset=\"utf-8\">",
+           f"<title>{e(title)}</title><style>{_CSS}</style></head><body>", f"<h1>{e(title)}</h1>"]
+    _html_blocks(blocks, out)
     out.append("</body></html>")
     return "\n".join(out) + "\n"
 
@@ -1148,7 +1970,9 @@ def analysis_overflow(res: Results, inp: _Inputs, S: dict) -> dict | None:
                               for j in range(len(mids))])
             okm = ~np.isnan(share)
             what = "ln sum exp(x-max)" if shifted else "lse"
-            ax.plot(mids[okm], share[okm], styles.get(fm, "-"), marker="o", ms=4, lw=1.6,
+            mk = {"float16": "o", "bfloat16": "s", "float32": "^", "float64": "x"}.get(fm, "o")
+            ax.plot(mids[okm], share[okm], styles.get(fm, "-"), marker=mk, ms=7 if mk == "o" else 5,
+                    mfc="none", lw=1.6,
                     label=f"{fm}: {_join(names)}  (x = {what} - ln {get_format(fm).max_finite:.4g})")
     ax.axvline(0, color="k", lw=1)
     ax.set_xlim(-4, 4)
@@ -1268,9 +2092,11 @@ def analysis_bounds(res: Results, inp: _Inputs, S: dict) -> dict | None:
             mm = np.maximum(m, 1e-3)
             ax.scatter(b, mm, s=7, alpha=0.45, marker=mk, label=label)
             if b.size:
-                lo, hi = min(lo, b.min() / 2, mm.min()), max(hi, b.max(), mm.max())
+                lo, hi = min(lo, b.min() / 2), max(hi, b.max(), mm.max())
         if np.isfinite(lo) and hi > 0:
-            ax.plot([lo, hi], [lo, hi], color="r", lw=1.2, label="measured = bound")
+            # the x range is the bounds' range; the diagonal spans it
+            ax.plot([lo, hi * 1.3], [lo, hi * 1.3], color="r", lw=1.2, label="measured = bound")
+            ax.set_xlim(lo, hi * 1.3)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("error bound (units of u)")
@@ -1307,11 +2133,13 @@ def analysis_cancellation(res: Results, inp: _Inputs, S: dict) -> dict | None:
     plt = _plt()
     ncol = 2 if len(fmts) > 1 else 1
     nrow = (len(fmts) + 1) // 2
-    fig, axs = plt.subplots(nrow, ncol, figsize=(5.8 * ncol, 4.6 * nrow), squeeze=False)
+    fig, axs = plt.subplots(nrow, ncol, figsize=(7.6 * ncol, 4.4 * nrow), squeeze=False)
     for ax in axs.ravel()[len(fmts):]:
         ax.axis("off")
+    colors = {im: f"C{i % 10}" for i, im in enumerate(impls)}
     for ax, fm in zip(axs.ravel(), fmts):
         u = get_format(fm).unit_roundoff
+        curves: dict[tuple, list[str]] = {}
         for im in impls:
             sel = (S["format"] == fm) & (S["implementation"] == im)
             vals = sorted(set(axv[sel].tolist()))
@@ -1322,7 +2150,8 @@ def analysis_cancellation(res: Results, inp: _Inputs, S: dict) -> dict | None:
                 med.append(float(np.median(r)) if r.size else np.nan)
                 s3 = sel & (axv == v)
                 share0.append(float(zero[s3].mean()) if s3.any() else np.nan)
-            ax.plot(vals, np.maximum(med, 1e-3), marker="o", ms=3, label=im)
+            # curves that agree to 3 significant digits at every point share a line
+            curves.setdefault((tuple(vals), tuple(float(f"{m:.3g}") for m in med)), []).append(im)
             z = [v for v, s in zip(vals, share0) if s > 0]
             allz = [v for v, s in zip(vals, share0) if s == 1.0]
             if z:
@@ -1335,14 +2164,19 @@ def analysis_cancellation(res: Results, inp: _Inputs, S: dict) -> dict | None:
                         + (f" and returns 0 on every row from {ax_name} = {allz[0]:g}" if allz else "")
                         + f" ({row['rows_zero']} of {row['rows']} rows in all).")
                 findings.append({"text": text, "numbers": row})
+        for (vals, med), names in curves.items():
+            ax.plot(vals, np.maximum(med, 1e-3), marker="o", ms=3, lw=1.4, color=colors[names[0]],
+                    label=" = ".join(names))
         ax.axhline(1 / u, color="k", ls=":", lw=1)
-        ax.text(ax.get_xlim()[0], 1 / u, " relative error 1 (result 0)", fontsize=7, va="bottom")
+        ax.text(ax.get_xlim()[1], 1 / u, "relative error 1 (result 0) ", fontsize=7, va="top",
+                ha="right")
         ax.axhline(0.5, color="0.5", ls="--", lw=0.8)
         ax.set_yscale("log")
         ax.set_xlabel(f"{ax_name} (swept)")
-        ax.set_ylabel("median relative error of the loss (units of u)")
-        ax.set_title(fm, fontsize=10)
-        ax.legend(fontsize=7)
+        ax.set_ylabel("median relative error (units of u)")
+        ax.set_title(f"{fm} (u = 2^-{get_format(fm).precision})", fontsize=10)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+        ax.grid(alpha=0.3)
     fig.suptitle(f"{res.name}: relative error against {ax_name}", fontsize=11)
     _savefig(fig, res.root / "plots" / f"relative_error_vs_{ax_name}.png")
     keep = []
@@ -1499,6 +2333,157 @@ def analysis_explain(res: Results, inp: _Inputs, S: dict) -> dict | None:
             "findings": findings}
 
 
+def analysis_error_vs_axis(res: Results, inp: _Inputs, S: dict) -> None:
+    """One figure, one panel per format: each implementation's mean ULP error against the
+    numeric sweep axis (implementations bit-identical on every sample share a line; legend
+    outside the panels).  Writes plots/error_vs_<axis>.png and no JSON."""
+    axis = _numeric_param(res)
+    if not axis:
+        return None
+    fmts = _format_order(str(r.get("format")) for r in res.summary)
+    groups = _identical_groups(res)
+    impls = [g[0] for g in groups]
+    colors = {im: f"C{i % 10}" for i, im in enumerate(impls)}
+    vals = _axis_values(res, axis)
+    logx = vals[0] > 0 and vals[-1] / vals[0] > 100
+    allm = [_f(r.get("ulp_error_mean")) for r in res.summary]
+    allm = [m for m in allm if m > 0 and math.isfinite(m)]
+    logy = bool(allm) and max(allm) / min(allm) > 50
+    plt = _plt()
+    ncol = 2 if len(fmts) > 1 else 1
+    nrow = (len(fmts) + 1) // 2
+    fig, axs = plt.subplots(nrow, ncol, figsize=(5.2 * ncol + 2.6, 3.6 * nrow), squeeze=False,
+                            sharex=True)
+    for ax in axs.ravel()[len(fmts):]:
+        ax.axis("off")
+    handles = {}
+    for ax, fm in zip(axs.ravel(), fmts):
+        for names in groups:
+            pts = sorted((r for r in res.summary if r.get("implementation") == names[0]
+                          and r.get("format") == fm and axis in r), key=lambda r: r[axis])
+            xy = [(float(r[axis]), _f(r.get("ulp_error_mean"))) for r in pts if _stat_count(r)]
+            xy = [(x, y) for x, y in xy if math.isfinite(y)]
+            if not xy:
+                continue
+            ln, = ax.plot([x for x, _ in xy], [max(y, 1e-3) if logy else y for _, y in xy],
+                          marker="o", ms=3.5, lw=1.5, color=colors[names[0]])
+            handles[" = ".join(names)] = ln
+        ax.axhline(0.5, color="k", ls=":", lw=1)
+        if logx:
+            ax.set_xscale("log")
+        if logy:
+            ax.set_yscale("log")
+        else:
+            ax.set_ylim(bottom=0)
+        ax.set_title(fm, fontsize=10)
+        ax.set_ylabel("mean ULP error")
+        ax.grid(alpha=0.3)
+    for ax in axs[-1]:
+        ax.set_xlabel(f"{axis} (swept)")
+    fig.legend(list(handles.values()), list(handles.keys()), loc="center right", fontsize=8,
+               frameon=False, title="implementation", title_fontsize=8)
+    fig.suptitle(f"{res.name}: mean ULP error against {axis} (finite results; dotted: 0.5 ULP)",
+                 fontsize=11)
+    fig.tight_layout(rect=(0, 0, 1 - 2.4 / (5.2 * ncol + 2.6), 1))
+    path = res.root / "plots" / f"error_vs_{axis}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, metadata={"Software": None})
+    plt.close(fig)
+    return None
+
+
+def analysis_by_format(res: Results, inp: _Inputs, S: dict) -> None:
+    """Experiments without a numeric sweep and with two formats or more: per implementation
+    (bit-identical ones merged) and format, the correctly rounded share and the mean ULP error
+    as grouped bars on linear axes.  Writes plots/by_format.png and no JSON."""
+    import numpy as np
+
+    aggs = aggregate(res.summary)
+    fmts = _format_order(a.format for a in aggs.values())
+    if _numeric_param(res) or len(fmts) < 2:
+        return None
+    groups = [g for g in _identical_groups(res) if any((g[0], fm) in aggs for fm in fmts)]
+    plt = _plt()
+    n_max = max((a.stat for a in aggs.values()), default=0)
+    one = n_max <= 1  # a single sample per format: its ULP error says it all
+    fig, axs = plt.subplots(1, 1 if one else 2, figsize=(8 if one else 13, 4.8), squeeze=False)
+    axs = list(axs[0])
+    x = np.arange(len(groups))
+    w = 0.8 / len(fmts)
+    top = 0.0
+    for i, fm in enumerate(fmts):
+        share = [100 * aggs[(g[0], fm)].exact / aggs[(g[0], fm)].stat
+                 if (g[0], fm) in aggs and aggs[(g[0], fm)].stat else np.nan for g in groups]
+        mean = [aggs[(g[0], fm)].ulp_mean if (g[0], fm) in aggs else np.nan for g in groups]
+        top = max([top, *[m for m in mean if np.isfinite(m)]])
+        if not one:
+            axs[0].bar(x + (i - (len(fmts) - 1) / 2) * w, share, w, label=fm, color=f"C{i}")
+        axs[-1].bar(x + (i - (len(fmts) - 1) / 2) * w, mean, w, label=fm, color=f"C{i}")
+    labels = ["\n= ".join(g) for g in groups]
+    for ax in axs:
+        ax.set_xticks(x)
+        ax.set_xticklabels(labels, fontsize=8, rotation=20, ha="right")
+        ax.grid(axis="y", alpha=0.3)
+    if not one:
+        axs[0].set_ylabel("correctly rounded (% of samples)")
+        axs[0].set_ylim(0, 105)
+        axs[0].set_title(f"correctly rounded share ({n_max} samples per format)", fontsize=10)
+    axs[-1].axhline(0.5, color="k", ls=":", lw=1)
+    axs[-1].set_ylim(0, max(top, 0.5) * 1.3)
+    axs[-1].set_ylabel(("ULP error" if one else "mean ULP error") + " (in that format's ULPs)")
+    axs[-1].set_title("ULP error of the one sample (below the dotted 0.5 ULP: correctly rounded)"
+                      if one else "mean ULP error (dotted: 0.5 ULP)", fontsize=10)
+    axs[-1].legend(title="format", fontsize=8, title_fontsize=8, loc="upper center",
+                   ncol=len(fmts))
+    fig.suptitle(f"{res.name}: each implementation in each format", fontsize=11)
+    _savefig(fig, res.root / "plots" / "by_format.png")
+    return None
+
+
+def analysis_compare_plot(res: Results, inp: _Inputs, S: dict) -> None:
+    """With a [compare] section: the ULP distance between the two compared implementations
+    (the 0 bar is what passes the tolerance) and each one's ULP error against the correctly
+    rounded truth.  Writes plots/compare.png and no JSON."""
+    import numpy as np
+
+    if not isinstance(res.compare, dict) or not res.compare.get("results"):
+        return None
+    r = res.compare["results"][0]
+    a, b, fm, tol = r.get("a"), r.get("b"), r.get("format"), r.get("abs_tol")
+    counts = (r.get("ulp_distance") or {}).get("counts") or {}
+    if not counts:
+        return None
+    n = sum(int(v) for v in counts.values())
+    plt = _plt()
+    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(12, 4.4))
+    ds = sorted(counts, key=int)
+    ax0.bar([str(d) for d in ds], [100 * int(counts[d]) / n for d in ds],
+            color=["#2a9d8f" if int(d) == 0 else "#e9c46a" for d in ds])
+    for d in ds:
+        ax0.text(str(d), 100 * int(counts[d]) / n, f"{int(counts[d])}", ha="center", va="bottom",
+                 fontsize=9)
+    ax0.set_xlabel(f"ULP distance between {a} and {b} ({fm})")
+    ax0.set_ylabel(f"share of the {n} samples (%)")
+    ax0.set_ylim(0, 105)
+    ax0.set_title(f"only the 0-ULP bar passes |a - b| < {tol:g}", fontsize=10)
+    edges = np.arange(0.0, 3.01, 0.1)
+    for im, color in ((a, "C0"), (b, "C1")):
+        sel = (S["implementation"] == im) & (S["format"] == fm)
+        e = S["ulp_error"][sel].astype(float)
+        e = e[np.isfinite(e)]
+        if e.size:
+            ax1.hist(np.minimum(e, edges[-1] - 1e-9), bins=edges, histtype="step", lw=1.8,
+                     color=color, label=f"{im} (mean {e.mean():.3g}, max {e.max():.3g})")
+    ax1.axvline(0.5, color="k", ls=":", lw=1, label="0.5 ULP (correctly rounded: left of it)")
+    ax1.set_xlabel(f"ULP error against the correctly rounded truth ({fm} ULPs)")
+    ax1.set_ylabel("samples (count)")
+    ax1.set_title("each one's error against the exact loss", fontsize=10)
+    ax1.legend(fontsize=8, loc="upper right")
+    fig.suptitle(f"{res.name}: {a} vs {b}", fontsize=11)
+    _savefig(fig, res.root / "plots" / "compare.png")
+    return None
+
+
 #: Analyses in the order they run: (name of the JSON written, function).
 ANALYSES: list[tuple[str, Callable]] = [
     ("explained", analysis_explain),
@@ -1506,6 +2491,9 @@ ANALYSES: list[tuple[str, Callable]] = [
     ("cancellation", analysis_cancellation),
     ("bounds", analysis_bounds),
     ("attribution", analysis_attribution),
+    ("error_vs_axis", analysis_error_vs_axis),
+    ("by_format", analysis_by_format),
+    ("compare_plot", analysis_compare_plot),
 ]
 
 

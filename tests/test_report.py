@@ -120,3 +120,101 @@ def test_analyses_on_a_real_run(tmp_path: Path) -> None:
     for tag in re.findall(r"<img\b[^>]*>", h):
         m = re.search(r'src="data:image/png;base64,([^"]+)"', tag)
         assert m and base64.b64decode(m.group(1)).startswith(b"\x89PNG")
+
+
+# --------------------------------------------------------------------------- report layout
+
+def _sweep_folder(root: Path, points: int = 40) -> Path:
+    """A synthetic sweep the size of the bundled ones: 8 implementations x 4 formats x
+    `points` sweep points, every pair in the agreement table, naive overflowing from
+    scale = 20 in float16, four plots."""
+    d = root / "big_sweep"
+    (d / "plots").mkdir(parents=True)
+    for name in ("ulp_hist_float16", "ulp_vs_scale_float32", "mean_ulp_by_format", "extra_plot"):
+        _png(d / "plots" / f"{name}.png")
+    impls = ["naive", "naive_softmax", "lse", "lse_log1p", "torch", "torch_logsoftmax_nll",
+             "torch_manual", "scipy"]
+    fmts = ["float16", "bfloat16", "float32", "float64"]
+    manifest = {"config": {"name": "big_sweep", "question": "Where does naive overflow?",
+                           "description": "Logits scaled by s, swept."},
+                "config_sha256": "cd" * 32, "status": "complete",
+                "timings": {f"p{i:05d}_{f}": 0.01 for i in range(points) for f in fmts}}
+    (d / "manifest.json").write_text(json.dumps(manifest))
+    summary, agreement = [], []
+    for p in range(points):
+        scale = float(p)
+        for fm in fmts:
+            for k, im in enumerate(impls):
+                over = 20 if (im == "naive" and fm == "float16" and p >= 20) else 0
+                summary.append(_row(p, scale, im, fm, 20 - over, 15 - k % 3 if not over else 0,
+                                    n_overflow=over, umax=0.5 + k))
+            for i, a in enumerate(impls):
+                for b in impls[i + 1:]:
+                    agreement.append({"point": p, "scale": scale, "format": fm, "a": a, "b": b,
+                                      "identical_rate": 1.0 if {a, b} == {"torch", "torch_logsoftmax_nll"}
+                                      else 0.75, "ulp_distance_mean": 0.3,
+                                      "ulp_distance_max": 2, "count": 20})
+    (d / "summary.json").write_text(json.dumps(summary))
+    (d / "agreement.json").write_text(json.dumps(agreement))
+    return d
+
+
+def _section(md: str, heading: str) -> str:
+    start = md.index(heading)
+    nxt = md.find("\n## ", start + len(heading))
+    return md[start:nxt if nxt >= 0 else None]
+
+
+def test_key_findings_lead_the_report_and_carry_numbers(folder: Path) -> None:
+    md, ht = write_report(folder)
+    text = md.read_text()
+    # title, question, then the answer: before any table, plot or the appendix
+    assert text.index("## Question") < text.index("## Answer: key findings") < text.index("## Summary")
+    assert text.index("## Answer: key findings") < text.index("## Appendix")
+    assert text.index("## Answer: key findings") < 1500
+    bullets = [ln for ln in _section(text, "## Answer: key findings").splitlines() if ln.startswith("- ")]
+    assert 3 <= len(bullets) <= 8
+    assert all(re.search(r"\d", b) for b in bullets)
+    # the overflow threshold found along the sweep axis leads
+    assert bullets[0].startswith("- In float16, naive returns inf/NaN from scale = 12 "
+                                 "(finite at scale = 8), on 47 of 1000 rows")
+    # the compact summary: one row per implementation x format
+    summ = _section(text, "## Summary")
+    assert summ.count("\n| float16 |") == 2
+
+
+def test_sweep_report_md_stays_small_and_html_keeps_everything(tmp_path: Path) -> None:
+    d = _sweep_folder(tmp_path)
+    md, ht = write_report(d)
+    text = md.read_text()
+    assert len(text.encode()) < 20_000, len(text.encode())
+    # the key findings name the overflow threshold and the implementations that never overflow
+    key = _section(text, "## Answer: key findings")
+    assert "naive returns inf/NaN from scale = 20 (finite at scale = 19)" in key
+    assert "never return inf or NaN" in key
+    # identical implementations share a row of the compact summary; 7 rows per format
+    summ = _section(text, "## Summary")
+    assert "torch = torch_logsoftmax_nll" in summ
+    assert summ.count("\n| float32 |") == 7
+    # the big tables are capped in report.md and point to the CSV files
+    assert "(summary.csv)" in text and "(agreement.csv)" in text
+    h = ht.read_text()
+    # report.html: the appendix sections are collapsed, the answer is not
+    assert h.count("<details>") == h.count("</details>") >= 4
+    first = h.index("<details>")
+    assert h.index("Answer: key findings") < first and h.index("All findings") > first
+    assert re.search(r"<details><summary>[A-Z]\. Provenance</summary>", h)
+    # ... and holds the full per-point table (up to its cap)
+    assert h.count("<tr>") > 600
+
+
+def test_every_img_has_png_data(tmp_path: Path) -> None:
+    d = _sweep_folder(tmp_path, points=3)
+    _, ht = write_report(d)
+    h = ht.read_text()
+    imgs = re.findall(r"<img\b[^>]*>", h)
+    assert len(imgs) == 4
+    for tag in imgs:
+        m = re.search(r'src="data:image/png;base64,([^"]+)"', tag)
+        assert m, tag[:80]
+        assert base64.b64decode(m.group(1), validate=True).startswith(b"\x89PNG\r\n\x1a\n")
