@@ -689,6 +689,8 @@ def _mechanisms(res: Results) -> list[str]:
     if res.extras.get("explain"):
         out.append("explain")
     if not res.summary:
+        if "capabilities" in res.extras:
+            out.append("capabilities")
         if any(isinstance(v, dict) and v.get("findings") for v in res.extras.values()):
             out.append("extras")
         return out
@@ -1158,6 +1160,51 @@ def _key_formats(res: Results) -> tuple[list[Finding], list[Block]]:
     return out, [table]
 
 
+def _key_capabilities(res: Results) -> tuple[list[Finding], list[Block]]:
+    """The CPU-kernel study (capabilities.json): pass share per kernel set, what passing
+    measures, each one's accuracy, and how much the kernel sets agree with each other."""
+    obj = res.extras.get("capabilities")
+    tables = (obj or {}).get("tables") or {} if isinstance(obj, dict) else {}
+    per = _rows(tables.get("per capability"))
+    if not per or not {"requested", "passed_1e-15", "batches"} <= set(per[0]):
+        return [], []
+    out: list[Finding] = []
+    n = lambda r: int(r.get("batches") or 0)  # noqa: E731
+    out.append(Finding(
+        "Share of batches passing the seed's |a - b| < 1e-15 check, per kernel set "
+        "(ATEN_CPU_CAPABILITY): " + "; ".join(
+            f"{r['requested']} {fmt_rate(int(r['passed_1e-15']), n(r))}" for r in per) + ".",
+        {"pass": {r["requested"]: r["passed_1e-15"] for r in per}}, "capabilities"))
+    if all(r.get("pass_equals_bit_identity") in (True, "True") for r in per):
+        r0 = per[0]
+        out.append(Finding(
+            f"Passing means bit-identical: under every kernel set the passing batches are exactly "
+            f"the bit-identical ones; one float32 ULP at the median loss {fmt_num(r0.get('median_loss'))} "
+            f"is {fmt_num(r0.get('ulp_at_median_loss'), 3)}, and the smallest non-zero difference "
+            f"is {fmt_num(r0.get('smallest_nonzero_difference'), 3)}.", {}, "capabilities"))
+    if "ce_correctly_rounded" in per[0]:
+        out.append(Finding(
+            "Against the correctly rounded mean loss, nn.CrossEntropyLoss is correctly rounded on "
+            + "; ".join(f"{fmt_rate(int(r['ce_correctly_rounded']), n(r))} ({r['requested']})" for r in per)
+            + "; the seed's loop on "
+            + "; ".join(f"{fmt_rate(int(r['manual_correctly_rounded']), n(r))} ({r['requested']})"
+                        for r in per)
+            + f". Largest errors: nn.CrossEntropyLoss "
+              f"{fmt_num(max(_f(r.get('ce_ulp_error_max')) for r in per), 3)} ULP, the seed's loop "
+              f"{fmt_num(max(_f(r.get('manual_ulp_error_max')) for r in per), 3)} ULP.",
+            {}, "capabilities"))
+    between = _rows(tables.get("between capabilities"))
+    if between and {"ce_identical", "manual_identical", "batches"} <= set(between[0]):
+        out.append(Finding(
+            "Between kernel sets, nn.CrossEntropyLoss returns the same float32 on "
+            + "; ".join(f"{fmt_rate(int(r['ce_identical']), int(r['batches']))} ({r['a']} vs {r['b']})"
+                        for r in between)
+            + "; the seed's loop on " + "; ".join(
+                f"{fmt_rate(int(r['manual_identical']), int(r['batches']))}" for r in between) + ".",
+            {}, "capabilities"))
+    return out, []
+
+
 def _key_accuracy(res: Results) -> list[Finding]:
     """Two summary lines: the most often correctly rounded implementation per format, and the
     largest single error per format."""
@@ -1186,7 +1233,7 @@ def _key_accuracy(res: Results) -> list[Finding]:
     return out
 
 
-_KEY = {"compare": _key_compare, "explain": _key_explain, "cancellation": _key_cancellation,
+_KEY = {"capabilities": _key_capabilities, "compare": _key_compare, "explain": _key_explain, "cancellation": _key_cancellation,
         "overflow": _key_overflow, "trend": _key_trend, "formats": _key_formats}
 
 
@@ -1197,8 +1244,8 @@ def key_findings(res: Results) -> tuple[list[Finding], list[Block], list[str]]:
     tables: list[Block] = []
     for m in mechs:
         if m == "extras":
-            for f in find_extras(res):
-                found.append(f)
+            if not found:  # only when no mechanism above gave the answer
+                found.extend(find_extras(res))
             continue
         try:
             f, t = _KEY[m](res)
@@ -1258,7 +1305,7 @@ def _key_plots(res: Results, mechs: list[str]) -> list[Path]:
         elif m == "formats":
             add(lambda s: s == "by_format")
             add(lambda s: s.startswith("bound_vs_measured"))
-        elif m == "extras":
+        elif m in ("extras", "capabilities"):
             add(lambda s: s.startswith("capabilities"))
     if not want:
         add(lambda s: any(s.startswith(k) for k in PLOT_CAPTIONS), 2)

@@ -218,3 +218,25 @@ def test_every_img_has_png_data(tmp_path: Path) -> None:
         m = re.search(r'src="data:image/png;base64,([^"]+)"', tag)
         assert m, tag[:80]
         assert base64.b64decode(m.group(1), validate=True).startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_capability_study_leads_with_the_pass_share_per_kernel_set(tmp_path: Path) -> None:
+    """A folder without summary.json (the capability study): the answer comes from the tables
+    of capabilities.json."""
+    (tmp_path / "manifest.json").write_text(json.dumps({"config": {"question": "Does it depend?"}}))
+    per = [{"requested": c, "batches": 1000, "passed_1e-15": p, "pass_equals_bit_identity": True,
+            "median_loss": 2.335, "ulp_at_median_loss": 2.384e-07,
+            "smallest_nonzero_difference": 2.384e-07, "ce_correctly_rounded": 580,
+            "manual_correctly_rounded": 597, "ce_ulp_error_max": 2.05, "manual_ulp_error_max": 2.43}
+           for c, p in (("default", 611), ("avx2", 607))]
+    between = [{"a": "default", "b": "avx2", "ce_identical": 879, "manual_identical": 1000,
+                "batches": 1000}]
+    (tmp_path / "capabilities.json").write_text(json.dumps(
+        {"text": "study", "findings": ["a stored finding"],
+         "tables": {"per capability": per, "between capabilities": between}}))
+    md, ht = write_report(tmp_path, analyses=False)
+    key = _section(md.read_text(), "## Answer: key findings")
+    assert "default 61.1% (611/1000); avx2 60.7% (607/1000)" in key
+    assert "passing batches are exactly the bit-identical ones" in key
+    assert "87.9% (879/1000) (default vs avx2)" in key
+    assert "a stored finding" not in key and "a stored finding" in md.read_text()
