@@ -2405,16 +2405,21 @@ def analysis_error_vs_axis(res: Results, inp: _Inputs, S: dict) -> None:
         ax.axis("off")
     handles = {}
     for ax, fm in zip(axs.ravel(), fmts):
+        # curves that agree to 3 significant digits at every point share a line ("a ≈ b")
+        curves: dict[tuple, list[list[str]]] = {}
         for names in groups:
             pts = sorted((r for r in res.summary if r.get("implementation") == names[0]
                           and r.get("format") == fm and axis in r), key=lambda r: r[axis])
             xy = [(float(r[axis]), _f(r.get("ulp_error_mean"))) for r in pts if _stat_count(r)]
-            xy = [(x, y) for x, y in xy if math.isfinite(y)]
-            if not xy:
-                continue
+            xy = tuple((x, float(f"{y:.3g}")) for x, y in xy if math.isfinite(y))
+            if xy:
+                curves.setdefault(xy, []).append(names)
+        for xy, gs in curves.items():
+            k = impls.index(gs[0][0])  # dashes alternate, so coinciding lines stay visible
             ln, = ax.plot([x for x, _ in xy], [max(y, 1e-3) if logy else y for _, y in xy],
-                          marker="o", ms=3.5, lw=1.5, color=colors[names[0]])
-            handles[" = ".join(names)] = ln
+                          marker="os^Dvx"[k % 6], ms=4, lw=1.5, ls=("-", "--", "-.")[k % 3],
+                          color=colors[gs[0][0]])
+            handles.setdefault(" ≈ ".join(" = ".join(g) for g in gs), ln)
         ax.axhline(0.5, color="k", ls=":", lw=1)
         if logx:
             ax.set_xscale("log")
