@@ -28,6 +28,7 @@ __all__ = [
     "round_float64_array",
     "ulp_exponent",
     "ulp_of",
+    "ordered_formats",
 ]
 
 Exact = Union[mpmath.mpf, int, float, Fraction, np.floating]
@@ -102,6 +103,14 @@ FORMATS: dict[str, Format] = {
     "float64": Format("float64", 53, -1022, 1023, 64, np.dtype(np.float64), np.dtype(np.uint64), "float64"),
 }
 FORMAT_NAMES: tuple[str, ...] = tuple(FORMATS)
+
+
+def ordered_formats(names) -> list[str]:
+    """Format names once each, in FORMAT_NAMES' order (float16, bfloat16, float32, float64);
+    unknown names after them, alphabetically."""
+    names = list(dict.fromkeys(names))
+    return sorted(names, key=lambda n: (FORMAT_NAMES.index(n) if n in FORMAT_NAMES else len(FORMAT_NAMES), n))
+
 
 _ALIASES = {"half": "float16", "fp16": "float16", "bf16": "bfloat16", "single": "float32",
             "fp32": "float32", "double": "float64", "fp64": "float64"}

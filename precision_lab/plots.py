@@ -23,20 +23,18 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 
-__all__ = ["make_plots", "ULP_LABEL"]
+from .formats import ordered_formats  # noqa: E402
+
+__all__ = ["make_plots", "save_figure", "ULP_LABEL"]
 
 ULP_LABEL = "ULP error (units of ulp in the target format)"
-_FORMAT_ORDER = ("float16", "bfloat16", "float32", "float64")
 
 
-def _ordered_formats(names) -> list[str]:
-    names = list(dict.fromkeys(names))
-    return sorted(names, key=lambda n: (_FORMAT_ORDER.index(n) if n in _FORMAT_ORDER else 9, n))
-
-
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path, rect: tuple[float, float, float, float] | None = None) -> Path:
+    """Lay ``fig`` out (tight, within ``rect`` of the figure if given), write it to ``path`` as a
+    PNG at 110 dpi without a Software tag (so the bytes depend on the figure only), close it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
+    fig.tight_layout(rect=rect)
     fig.savefig(path, dpi=110, metadata={"Software": None})
     plt.close(fig)
     return path
@@ -80,7 +78,7 @@ def make_plots(table: pa.Table, summary: list[dict], axes: list[str], out_dir: P
     uerr = table.column("ulp_error").to_numpy()
     stat = np.isin(cat, ("finite", "inf_match"))
     impls = list(dict.fromkeys(impl.tolist()))
-    formats = _ordered_formats(fmt.tolist())
+    formats = ordered_formats(fmt.tolist())
 
     for fm in formats:
         errs = {i: uerr[(impl == i) & (fmt == fm) & stat] for i in impls}
@@ -95,7 +93,7 @@ def make_plots(table: pa.Table, summary: list[dict], axes: list[str], out_dir: P
         ax.set_xlabel(ULP_LABEL)
         ax.set_ylabel("samples (count)")
         ax.set_title(f"{title}: distribution of ULP error, {fm}")
-        paths.append(_save(fig, out_dir / f"ulp_hist_{fm}.png"))
+        paths.append(save_figure(fig, out_dir / f"ulp_hist_{fm}.png"))
 
     for axis in axes:
         vals = [r.get(axis) for r in summary]
@@ -128,7 +126,7 @@ def make_plots(table: pa.Table, summary: list[dict], axes: list[str], out_dir: P
                 ax.legend(fontsize=7, ncol=2)
             else:
                 ax.text(0.5, 0.5, "no finite results", ha="center", transform=ax.transAxes)
-            paths.append(_save(fig, out_dir / f"ulp_vs_{axis}_{fm}.png"))
+            paths.append(save_figure(fig, out_dir / f"ulp_vs_{axis}_{fm}.png"))
 
     # mean ULP error per implementation and format (all sweep points together)
     fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(impls) + 3), 4.8))
@@ -148,5 +146,5 @@ def make_plots(table: pa.Table, summary: list[dict], axes: list[str], out_dir: P
     ax.set_ylabel("mean " + ULP_LABEL)
     ax.set_title(f"{title}: mean ULP error by implementation and format")
     ax.legend(title="format", fontsize=8, title_fontsize=8)
-    paths.append(_save(fig, out_dir / "mean_ulp_by_format.png"))
+    paths.append(save_figure(fig, out_dir / "mean_ulp_by_format.png"))
     return paths
