@@ -167,7 +167,7 @@ def _analyse(runs: list[dict]) -> dict[str, Any]:
         row["median_loss"] = med
         row["ulp_at_median_loss"] = ulp_med
         per[r["requested"]] = {"a": a, "b": b, "d": d, "ea": ea, "eb": eb}
-    from .report import fmt_rate
+    from .text import fmt_rate
 
     for row in rows:
         findings.append({"text": (
@@ -220,9 +220,8 @@ def run_study(batches: int = 1000, capabilities: "list[str] | None" = None, seed
 
 
 def _plot(study: dict, path: Path) -> Path:
-    import matplotlib
+    from .plots import save_figure  # first: it selects matplotlib's Agg backend
 
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = study["rows"]
@@ -260,11 +259,7 @@ def _plot(study: dict, path: Path) -> Path:
     ax2.legend(fontsize=7)
     fig.suptitle(f"seed protocol, {study['batches']} batches of torch.rand(10, 10), float32, "
                  f"torch {study['torch']}", fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, metadata={"Software": None})
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def write_study(study: dict, out_root: "str | Path" = "results") -> Path:
