@@ -28,7 +28,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .formats import get_format, ordered_formats
-from .plots import save_figure  # first: it selects matplotlib's Agg backend
+from .plots import log_y_wanted, same_curves, save_figure  # first: selects the Agg backend
 from .results import (Results, aggregate, as_float, axis_values, identical_groups, load_results,
                       numeric_param, stat_count, zero_mask)
 from .text import fmt_num, fmt_rate, join_names, round6
@@ -348,7 +348,7 @@ def analysis_cancellation(res: Results, inp: _Inputs, S: dict) -> dict | None:
     colors = {im: f"C{i % 10}" for i, im in enumerate(impls)}
     for ax, fm in zip(axs.ravel(), fmts):
         u = get_format(fm).unit_roundoff
-        curves: dict[tuple, list[str]] = {}
+        curves: dict[str, tuple[list, list]] = {}
         for im in impls:
             sel = (S["format"] == fm) & (S["implementation"] == im)
             vals = sorted(set(axv[sel].tolist()))
@@ -359,8 +359,7 @@ def analysis_cancellation(res: Results, inp: _Inputs, S: dict) -> dict | None:
                 med.append(float(np.median(r)) if r.size else np.nan)
                 s3 = sel & (axv == v)
                 share0.append(float(zero[s3].mean()) if s3.any() else np.nan)
-            # curves that agree to 3 significant digits at every point share a line
-            curves.setdefault((tuple(vals), tuple(float(f"{m:.3g}") for m in med)), []).append(im)
+            curves[im] = (vals, med)
             z = [v for v, s in zip(vals, share0) if s > 0]
             allz = [v for v, s in zip(vals, share0) if s == 1.0]
             if z:
@@ -373,7 +372,8 @@ def analysis_cancellation(res: Results, inp: _Inputs, S: dict) -> dict | None:
                         + (f" and returns 0 on every row from {ax_name} = {allz[0]:g}" if allz else "")
                         + f" ({row['rows_zero']} of {row['rows']} rows in all).")
                 findings.append({"text": text, "numbers": row})
-        for (vals, med), names in curves.items():
+        # curves that agree to 3 significant digits at every point share a line
+        for (vals, med), names in same_curves(curves).items():
             ax.plot(vals, np.maximum(med, 1e-3), marker="o", ms=3, lw=1.4, color=colors[names[0]],
                     label=" = ".join(names))
         ax.axhline(1 / u, color="k", ls=":", lw=1)
@@ -551,9 +551,7 @@ def analysis_error_vs_axis(res: Results, inp: _Inputs, S: dict) -> None:
     colors = {im: f"C{i % 10}" for i, im in enumerate(impls)}
     vals = axis_values(res, axis)
     logx = vals[0] > 0 and vals[-1] / vals[0] > 100
-    allm = [as_float(r.get("ulp_error_mean")) for r in res.summary]
-    allm = [m for m in allm if m > 0 and math.isfinite(m)]
-    logy = bool(allm) and max(allm) / min(allm) > 50
+    logy = log_y_wanted(as_float(r.get("ulp_error_mean")) for r in res.summary)
     ncol = 2 if len(fmts) > 1 else 1
     nrow = (len(fmts) + 1) // 2
     fig, axs = plt.subplots(nrow, ncol, figsize=(5.2 * ncol + 2.6, 3.6 * nrow), squeeze=False,
@@ -563,17 +561,17 @@ def analysis_error_vs_axis(res: Results, inp: _Inputs, S: dict) -> None:
     handles = {}
     for ax, fm in zip(axs.ravel(), fmts):
         # curves that agree to 3 significant digits at every point share a line ("a ≈ b")
-        curves: dict[tuple, list[list[str]]] = {}
+        curves: dict[tuple, tuple[list, list]] = {}
         for names in groups:
             pts = sorted((r for r in res.summary if r.get("implementation") == names[0]
                           and r.get("format") == fm and axis in r), key=lambda r: r[axis])
             xy = [(float(r[axis]), as_float(r.get("ulp_error_mean"))) for r in pts if stat_count(r)]
-            xy = tuple((x, float(f"{y:.3g}")) for x, y in xy if math.isfinite(y))
+            xy = [(x, y) for x, y in xy if math.isfinite(y)]
             if xy:
-                curves.setdefault(xy, []).append(names)
-        for xy, gs in curves.items():
+                curves[tuple(names)] = ([x for x, _ in xy], [y for _, y in xy])
+        for (xs, ys), gs in same_curves(curves).items():
             k = impls.index(gs[0][0])  # dashes alternate, so coinciding lines stay visible
-            ln, = ax.plot([x for x, _ in xy], [max(y, 1e-3) if logy else y for _, y in xy],
+            ln, = ax.plot(list(xs), [max(y, 1e-3) if logy else y for y in ys],
                           marker="os^Dvx"[k % 6], ms=4, lw=1.5, ls=("-", "--", "-.")[k % 3],
                           color=colors[gs[0][0]])
             handles.setdefault(" ≈ ".join(" = ".join(g) for g in gs), ln)

@@ -87,10 +87,12 @@ def _plot_caption(p: Path) -> str:
     m = re.fullmatch(r"ulp_vs_(\w+)_(float16|bfloat16|float32|float64)", p.stem)
     if m:
         return (f"{m.group(2)}: mean (solid) and largest (dashed) ULP error of each implementation "
-                f"against {m.group(1)}; finite results only.")
+                f"against {m.group(1)}; finite results only (dotted: 0.5 ULP). Implementations whose "
+                f"curves agree to 3 significant digits share a line.")
     if p.stem == "mean_ulp_by_format":
         return ("Mean ULP error of each implementation in each format, each measured in its own "
-                "format's ULPs (finite results only).")
+                "format's ULPs (finite results only; dotted: 0.5 ULP). Where some rows' loss is "
+                "inf/NaN, their count is written above the bar.")
     return p.stem.replace("_", " ")
 
 
