@@ -241,3 +241,23 @@ def test_many_random_rows_across_scales(fmt):
         x[rng.random((B, V)) < 0.05] = -np.inf
         x = np.clip(x, -f.max_finite, f.max_finite).astype(DT[logits_fmt])
         agree(x, t, fmt)
+
+
+def test_numpy_exp_log1p_within_the_assumed_4_ulps():
+    """The fast path's error model assumes numpy's float64 exp and log1p are within 4 ulps
+    (its SIMD kernels differ by CPU, so check on the machine that runs the tests): random
+    arguments over the ranges the fast path uses, against 60-digit mpmath."""
+    rng = np.random.default_rng(11)
+    xs = np.concatenate([-rng.random(3000) * 745.0, -rng.random(1000) * 1e-3,
+                         -rng.random(500) * 30.0])
+    ss = np.concatenate([rng.random(2000) * 131072.0, rng.random(1500) * 1e-6,
+                         10.0 ** rng.uniform(-300, 0, 1000)])
+    worst = 0.0
+    with mpmath.workdps(60):
+        for fn, mfn, args in ((np.exp, mpmath.exp, xs), (np.log1p, mpmath.log1p, ss)):
+            got = fn(args)
+            for a, g in zip(args, got):
+                exact = mfn(mpmath.mpf(float(a)))
+                spacing = float(np.spacing(abs(g))) if g != 0 else 2.0 ** -1074
+                worst = max(worst, float(abs(mpmath.mpf(float(g)) - exact)) / spacing)
+    assert 0.0 < worst <= 4.0, worst  # > 0: the comparison ran on inexact values
