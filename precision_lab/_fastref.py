@@ -80,9 +80,9 @@ def _rows_f64(x: np.ndarray, t: np.ndarray, f: Format):
     n = V - 1
     idx, m, xt, k = _argmax_split(x, t)
     with np.errstate(over="ignore", invalid="ignore"):
-        y = x - m[:, None]
-        y[idx, k] = -np.inf
-        e = np.exp(y)
+        e = np.subtract(x, m[:, None])  # y = x - m, then exp(y) in place
+        e[idx, k] = -np.inf
+        np.exp(e, out=e)
         s = e.sum(axis=1)
         d = m - xt
         lg = np.log1p(s)

@@ -166,7 +166,8 @@ def cross_entropy_detailed(logits: np.ndarray, targets: np.ndarray, fmt: "str | 
     if method == "exact":
         todo = general
     else:
-        fr = _fastref.fast_rows(x[general], t[general], f)
+        every = general.size == B  # the common case: skip a copy of the whole batch
+        fr = _fastref.fast_rows(x if every else x[general], t if every else t[general], f)
         good = general[fr.ok]
         values[good] = fr.values[fr.ok]
         hi[good], lo[good], err[good] = fr.hi[fr.ok], fr.lo[fr.ok], fr.err[fr.ok]
@@ -219,7 +220,7 @@ def _validate(logits: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.n
         i = int(bad[0])
         raise ValueError(f"row {i}: target {int(tg[i])} is out of range [0, {V})"
                          + (f" ({bad.size} rows in all)" if bad.size > 1 else ""))
-    return arr.astype(np.float64), tg  # exact: every format embeds in float64
+    return arr.astype(np.float64, copy=False), tg  # exact: every format embeds in float64
 
 
 def _classify(x: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
