@@ -74,24 +74,33 @@ def supported_capabilities() -> list[str]:
 def run_protocol(batches: int = 1000, seed: int = 0, batch_size: int = 10, classes: int = 10
                  ) -> dict[str, Any]:
     """The seed's protocol in THIS process (torch as already loaded): per batch the float32
-    bits of nn.CrossEntropyLoss and of the seed's manual loop, plus the inputs' bits."""
+    bits of nn.CrossEntropyLoss (a), of the seed's manual loop (b), and of nn.CrossEntropyLoss's
+    own per-sample losses averaged the seed's way, left to right from 0. (c: what a mean
+    reduction that accumulates sequentially would give), plus the inputs' bits."""
     import torch
     import torch.nn as nn
 
     torch.manual_seed(seed)
     crit = nn.CrossEntropyLoss()
-    a_bits, b_bits, xs, ys = [], [], [], []
+    per_sample = nn.CrossEntropyLoss(reduction="none")
+    a_bits, b_bits, c_bits, xs, ys = [], [], [], [], []
     for _ in range(batches):
         x = torch.rand(size=(batch_size, classes)).to(torch.float)
         y0 = torch.randint(0, classes, size=(batch_size,))
         a = crit(x, y0)
         b = compute_crossentropyloss_manual(x, y0)
+        c = 0.
+        for v in per_sample(x, y0):
+            c = c + v
+        c = c / batch_size
         a_bits.append(int(np.float32(a.item()).view(np.uint32)))
         b_bits.append(int(np.float32(b.item()).view(np.uint32)))
+        c_bits.append(int(np.float32(c.item()).view(np.uint32)))
         xs.append(x.numpy().view(np.uint32).ravel().tolist())
         ys.append(y0.numpy().tolist())
     return {"capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__,
             "env": os.environ.get("ATEN_CPU_CAPABILITY"), "a_bits": a_bits, "b_bits": b_bits,
+            "c_bits": c_bits,
             "x_bits": xs, "y": ys, "batch_size": batch_size, "classes": classes}
 
 
@@ -147,6 +156,8 @@ def _analyse(runs: list[dict]) -> dict[str, Any]:
         b = np.asarray(r["b_bits"], np.uint32).view(np.float32)
         diff = np.abs((a - b).astype(np.float64))  # the seed subtracts float32 tensors
         passed = np.abs(a - b) < 1e-15
+        c = np.asarray(r["c_bits"], np.uint32).view(np.float32)
+        passed_c = np.abs(c - b) < 1e-15
         d = ulp_distance(a, b, "float32").astype(np.int64)
         ea = ulp_error(a, ref_hi, "float32", ref_lo)
         eb = ulp_error(b, ref_hi, "float32", ref_lo)
@@ -158,6 +169,8 @@ def _analyse(runs: list[dict]) -> dict[str, Any]:
                "pass_equals_bit_identity": bool(np.array_equal(passed, d == 0)),
                "smallest_nonzero_difference": float(nz.min()) if nz.size else None,
                "ulp_distance_counts": hist, "ulp_distance_max": int(d.max()),
+               "loop_mean_passed_1e-15": int(passed_c.sum()),
+               "loop_mean_equals_ce": int((c.view(np.uint32) == a.view(np.uint32)).sum()),
                "ce_correctly_rounded": int((a == ref_v).sum()),
                "manual_correctly_rounded": int((b == ref_v).sum()),
                "ce_ulp_error_mean": float(np.mean(ea)), "ce_ulp_error_max": float(np.max(ea)),
@@ -181,6 +194,12 @@ def _analyse(runs: list[dict]) -> dict[str, Any]:
             f"is a bit-identity check. Where they differ, they are 1 ULP apart on {row['ulp_distance_counts'].get('1', 0)} "
             f"batches, 2 on {row['ulp_distance_counts'].get('2', 0)}, 3 or more on "
             f"{row['ulp_distance_counts'].get('3', 0)}."), "numbers": row})
+        findings.append({"text": (
+            f"How the mean is reduced decides the share ({row['requested']}): averaging "
+            f"nn.CrossEntropyLoss's own per-sample losses left to right, as the seed's loop does, "
+            f"passes the check on {fmt_rate(row['loop_mean_passed_1e-15'], row['batches'])} of "
+            f"batches; torch's own mean reduction equals that sequential mean on only "
+            f"{fmt_rate(row['loop_mean_equals_ce'], row['batches'])}."), "numbers": row})
         findings.append({"text": (
             f"Against the correctly rounded mean loss ({row['requested']}): nn.CrossEntropyLoss is "
             f"correctly rounded on {fmt_rate(row['ce_correctly_rounded'], row['batches'])} "

@@ -817,6 +817,16 @@ def _key_capabilities(res: Results) -> tuple[list[Finding], list[Block]]:
             f"the bit-identical ones; one float32 ULP at the median loss {fmt_num(r0.get('median_loss'))} "
             f"is {fmt_num(r0.get('ulp_at_median_loss'), 3)}, and the smallest non-zero difference "
             f"is {fmt_num(r0.get('smallest_nonzero_difference'), 3)}.", {}, "capabilities"))
+    if "loop_mean_passed_1e-15" in per[0]:
+        out.append(Finding(
+            "The reduction decides the share: nn.CrossEntropyLoss's own per-sample losses, averaged "
+            "left to right as the seed's loop does, pass the check on " + "; ".join(
+                f"{fmt_rate(int(r['loop_mean_passed_1e-15']), n(r))} ({r['requested']})" for r in per)
+            + "; torch's mean reduction equals that sequential mean on only " + "; ".join(
+                f"{fmt_rate(int(r['loop_mean_equals_ce']), n(r))} ({r['requested']})" for r in per)
+            + ". (The seed answer, posted in December 2021, reported 81.4%.)",
+            {"loop_mean_pass": {r["requested"]: r["loop_mean_passed_1e-15"] for r in per}},
+            "capabilities"))
     if "ce_correctly_rounded" in per[0]:
         out.append(Finding(
             "Against the correctly rounded mean loss, nn.CrossEntropyLoss is correctly rounded on "

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from precision_lab.capability import run_capability, run_study, supported_capabilities, write_study
 
 
@@ -26,3 +28,27 @@ def test_default_capability_subprocess_few_batches(tmp_path) -> None:
 
 def test_supported_includes_default() -> None:
     assert supported_capabilities()[0] == "default"
+
+
+def test_loop_mean_counterfactual_matches_the_seed_code_in_this_process() -> None:
+    """torch's per-sample losses averaged by the seed's loop, recomputed here from the seed's
+    own code, under the kernel set this process runs (the study's subprocess uses the same)."""
+    import torch
+    import torch.nn.functional as F
+
+    from precision_lab.seed import compute_crossentropyloss_manual
+
+    here = torch.backends.cpu.get_cpu_capability().lower()
+    if here not in supported_capabilities():
+        pytest.skip(f"this process runs torch's {here!r} kernels, which the study cannot select")
+    torch.manual_seed(0)
+    expect = 0
+    for _ in range(6):
+        x, y = torch.rand(size=(10, 10)), torch.randint(0, 10, size=(10,))
+        acc = 0.
+        for v in F.cross_entropy(x, y, reduction="none"):
+            acc = acc + v
+        expect += bool(abs((acc / 10 - compute_crossentropyloss_manual(x, y)).item()) < 1e-15)
+    (row,) = run_study(batches=6, capabilities=[here])["rows"]
+    assert row["loop_mean_passed_1e-15"] == expect
+    assert 0 <= row["loop_mean_equals_ce"] <= 6
