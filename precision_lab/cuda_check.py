@@ -164,10 +164,10 @@ def _report(s: dict) -> str:
         f"Python {gi['python']}.  CPU side: torch {ci['torch']}, CPU capability "
         f"{ci['cpu_capability']}, Python {ci['python']}.  Same inputs on both (SETS in "
         "precision_lab/cuda_check.py); ULP error is against the unrounded truth, so a "
-        "correctly rounded result scores at most 0.5.  Reproduce from the committed GPU "
-        "results: `python -m precision_lab.cuda_check inputs IN.npz && python -m "
-        "precision_lab.cuda_check analyze IN.npz results/cuda_vs_cpu/gpu_h100.npz "
-        "results/cuda_vs_cpu`.", "",
+        "correctly rounded result scores at most 0.5.  `make run` recomputes this report from "
+        "the committed GPU results (gpu_h100.npz): `python -m precision_lab.cuda_check inputs "
+        "IN.npz && python -m precision_lab.cuda_check analyze IN.npz "
+        "results/cuda_vs_cpu/gpu_h100.npz results/cuda_vs_cpu`.", "",
     ]
     seed = s["seed_protocol"]
     if seed:
