@@ -220,3 +220,62 @@ def test_implementation_with_its_own_reduction_is_asked(write_config, tmp_path, 
     s = json.loads((d / "summary.json").read_text())
     assert {r["implementation"] for r in s["rows"]} == {"test_experiment:reducing_impl", "lse"}
     assert len(s["values"]) == 6  # tiny experiments carry every value
+
+
+def test_every_metric_column_against_an_independent_oracle(tiny_config, tmp_path):
+    """Regenerate each row's input, compute its loss at 200 digits from the definition, and
+    check the runner's reference, ULP distance, ULP error, bits of error, relative error and
+    category against values derived here, not by the package's metrics."""
+    import math
+
+    import mpmath
+    from oracles import exact_loss
+
+    from precision_lab.config import sweep_points
+    from precision_lab.formats import get_format, round_to
+    from precision_lab.inputs import generate, to_format
+
+    cfg = load_config(tiny_config)
+    t = pq.read_table(run_experiment(cfg, tmp_path / "out", quiet=True).path / "samples.parquet")
+    cols = {c: t.column(c).to_pylist() for c in t.column_names}
+    batches = {p.index: generate(cfg, p) for p in sweep_points(cfg)}
+    checked = 0
+    for i in range(t.num_rows):
+        f = get_format(cols["format"][i])
+        inp = batches[cols["point"][i]]
+        x = to_format(inp.logits[cols["batch"][i]], f)[cols["row"][i]]
+        exact = exact_loss(x, int(inp.targets[cols["batch"][i], cols["row"][i]]), dps=200)
+        ref = round_to(exact, f)
+        assert cols["reference"][i] == float(ref)
+        comp = cols["computed"][i]
+        if not math.isfinite(comp):
+            assert cols["category"][i] in ("overflow", "nan")
+            continue
+        assert cols["category"][i] == "finite"
+        # ULP distance: Python-int ordinals from the bit patterns (hypothesis' model), checked
+        # by nextafter stepping where the distance is small
+        def ordinal(v) -> int:
+            bits = int(np.asarray(v, f.np_dtype).view(f.uint_dtype))
+            sign = 1 << (f.bits - 1)
+            return -(bits & (sign - 1)) if bits & sign else bits
+
+        steps = abs(ordinal(comp) - ordinal(ref))
+        if steps < 64:
+            a, b = sorted([f.np_dtype.type(comp), ref], key=float)
+            for _ in range(steps):
+                a = np.nextafter(a, f.np_dtype.type(np.inf))
+            assert a == b
+        assert cols["ulp_distance"][i] == steps
+        assert cols["bits_of_error"][i] == pytest.approx(math.log2(1 + steps))
+        with mpmath.workdps(60):
+            e = mpmath.floor(mpmath.log(abs(exact), 2))
+            ulp = mpmath.mpf(2) ** (max(int(e), f.emin) - f.precision + 1)
+            want = float(abs(mpmath.mpf(comp) - exact) / ulp)
+            rel = float(abs(mpmath.mpf(comp) - exact) / abs(exact))
+            # the runner measures against the reference's hi + lo, which the fast path gives
+            # to (V + 750) * 2**-53 relative (reference docstring); allow twice that
+            slack = float(2 * (x.size + 750) * mpmath.mpf(2) ** -53 * abs(exact))
+        assert abs(cols["ulp_error"][i] - want) <= slack / float(ulp) + 1e-12
+        assert abs(cols["relative_error"][i] - rel) <= slack / float(abs(exact)) + 1e-300
+        checked += 1
+    assert checked >= 60  # 72 rows; scale 30 may overflow naive in float16
