@@ -48,7 +48,7 @@ composites model the structure of torch's code; they are not torch's code.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 import mpmath

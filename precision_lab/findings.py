@@ -108,7 +108,6 @@ def find_nonfinite(res: Results) -> list[Finding]:
             if not k:
                 continue
             first = last_clean = None
-            every = False
             if param:
                 pts = sorted((r for r in res.summary if r.get("implementation") == impl
                               and r.get("format") == fmt and param in r), key=lambda r: r[param])
@@ -557,8 +556,8 @@ def _key_cancellation(res: Results) -> tuple[list[Finding], list[Block]]:
             if where0:
                 text += ("; " if never else ": ") + "; ".join(where0)
             if worst:
-                text += f". Its largest relative error over the sweep, on rows whose correctly rounded " \
-                        f"loss is a normal number: " + ", ".join(worst) + " (u = the format's unit roundoff)"
+                text += ". Its largest relative error over the sweep, on rows whose correctly rounded " \
+                        "loss is a normal number: " + ", ".join(worst) + " (u = the format's unit roundoff)"
             out.append(Finding(text + ".", {"implementation": keeper, "zero_rows": tot[keeper]},
                                "cancellation"))
     tables: list[Block] = []

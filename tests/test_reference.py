@@ -8,7 +8,6 @@ log1p(S') with its own error bounds, so the two share no code beyond round_to.
 
 from __future__ import annotations
 
-import math
 
 import ml_dtypes
 import mpmath
