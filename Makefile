@@ -26,9 +26,9 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 run: $(STAMP)
 	$(BIN)/precision-lab run $(RUN_FLAGS) $(EXPERIMENTS)
-	$(BIN)/python -m precision_lab.capability --out results
-	$(BIN)/python -m precision_lab.cuda_check inputs $(VENV)/cuda_inputs.npz
-	$(BIN)/python -m precision_lab.cuda_check analyze $(VENV)/cuda_inputs.npz results/cuda_vs_cpu/gpu_h100.npz results/cuda_vs_cpu
+	$(BIN)/python -m precision_lab.studies.capability --out results
+	$(BIN)/python -m precision_lab.studies.cuda inputs $(VENV)/cuda_inputs.npz
+	$(BIN)/python -m precision_lab.studies.cuda analyze $(VENV)/cuda_inputs.npz results/cuda_vs_cpu/gpu_h100.npz results/cuda_vs_cpu
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -28,8 +28,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from precision_lab.formats import FORMAT_NAMES, get_format  # noqa: E402
-from precision_lab.reference import cross_entropy_detailed  # noqa: E402
+from precision_lab.numerics.formats import FORMAT_NAMES, get_format  # noqa: E402
+from precision_lab.numerics.reference import cross_entropy_detailed  # noqa: E402
 
 
 def make_inputs(fmt: str, V: int, B: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -16,7 +16,7 @@ from typing import List, Optional
 
 import typer
 
-from .config import ConfigError, bundled_experiments_dir, load_config
+from precision_lab.experiment.config import ConfigError, bundled_experiments_dir, load_config
 
 app = typer.Typer(
     name="precision-lab",
@@ -50,7 +50,7 @@ def run_command(
 
     Example: precision-lab run experiments/seed_question.toml experiments/seed_81_percent.toml
     """
-    from .experiment import RunError, preflight, run_experiment
+    from precision_lab.experiment.runner import RunError, preflight, run_experiment
 
     cfgs = []
     try:
@@ -105,8 +105,8 @@ def list_command() -> None:
 
     Example: precision-lab list
     """
-    from .formats import FORMATS
-    from .implementations import REGISTRY
+    from precision_lab.numerics.formats import FORMATS
+    from precision_lab.implementations import REGISTRY
 
     exp_dir = _find_experiments_dir()
     typer.echo("Experiments" + (f" ({exp_dir}):" if exp_dir else ": (no experiments/ folder found)"))
@@ -220,7 +220,7 @@ def show_command(
             raise typer.Exit(2)
 
 
-from .explain import explain_command  # noqa: E402 -- explain.py keeps its imports light
+from precision_lab.explain.explain import explain_command  # noqa: E402 -- explain.py keeps its imports light
 
 app.command("explain")(explain_command)
 

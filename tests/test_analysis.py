@@ -1,4 +1,4 @@
-"""precision_lab.analysis: the explanatory analyses, on a tiny experiment through the runner."""
+"""precision_lab.report.analysis: the explanatory analyses, on a tiny experiment through the runner."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 def test_analyses_on_a_real_run(tmp_path: Path) -> None:
     """A tiny experiment through the runner: the overflow analysis explains naive's inf by the
     sum of exponentials passing 65504, from regenerated inputs."""
-    from precision_lab.config import load_config
-    from precision_lab.experiment import run_experiment
+    from precision_lab.experiment.config import load_config
+    from precision_lab.experiment.runner import run_experiment
 
     cfg_path = tmp_path / "tiny.toml"
     cfg_path.write_text(

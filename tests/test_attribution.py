@@ -9,8 +9,8 @@ import mpmath
 import numpy as np
 import pytest
 
-from precision_lab.attribution import attribute, compare_fused, dominant_summary, exact_op
-from precision_lab.formats import round_float64_array
+from precision_lab.explain.attribution import attribute, compare_fused, dominant_summary, exact_op
+from precision_lab.numerics.formats import round_float64_array
 
 
 def _step(row, name):

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from precision_lab.capability import run_capability, run_study, supported_capabilities, write_study
+from precision_lab.studies.capability import run_capability, run_study, supported_capabilities, write_study
 
 
 def test_default_capability_subprocess_few_batches(tmp_path) -> None:
@@ -36,7 +36,7 @@ def test_loop_mean_counterfactual_matches_the_seed_code_in_this_process() -> Non
     import torch
     import torch.nn.functional as F
 
-    from precision_lab.seed import compute_crossentropyloss_manual
+    from precision_lab.implementations.seed import compute_crossentropyloss_manual
 
     here = torch.backends.cpu.get_cpu_capability().lower()
     if here not in supported_capabilities():

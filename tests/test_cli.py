@@ -7,7 +7,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from precision_lab import experiment as exp
+from precision_lab.experiment import runner as exp
 from precision_lab.cli import app
 
 runner = CliRunner()

@@ -7,7 +7,7 @@ import mpmath
 import numpy as np
 import pytest
 
-from precision_lab.conditioning import (
+from precision_lab.numerics.conditioning import (
     bhh_lse_bound,
     bhh_loss_bound,
     condition_number,
@@ -17,7 +17,7 @@ from precision_lab.conditioning import (
     to_rigorous,
     to_ulps,
 )
-from precision_lab.formats import get_format, round_float64_array
+from precision_lab.numerics.formats import get_format, round_float64_array
 
 
 def _fd_kappa(x: list[float], t: int | None, eps: str = "1e-30") -> float:
@@ -91,7 +91,7 @@ def test_bounds_are_vectorized_and_shaped() -> None:
 def test_shifted_algorithm_stays_under_its_bounds(fmt: str) -> None:
     from precision_lab.implementations import REGISTRY
 
-    cross_entropy_detailed = pytest.importorskip("precision_lab.reference").cross_entropy_detailed
+    cross_entropy_detailed = pytest.importorskip("precision_lab.numerics.reference").cross_entropy_detailed
 
     f = get_format(fmt)
     rng = np.random.default_rng(1)
@@ -124,7 +124,7 @@ def test_bhh_shifted_formula_misses_the_final_rounding_for_large_close_logits() 
     """With all logits near 700 (min x > n), |y + n - min x| < |y|: BHH's formula is below the
     rounding of lse itself and the measured error exceeds it; the derived bound holds."""
     from precision_lab.implementations import REGISTRY
-    from precision_lab.reference import cross_entropy_detailed
+    from precision_lab.numerics.reference import cross_entropy_detailed
 
     rng = np.random.default_rng(4)
     x = 700.0 + rng.normal(size=(200, 10))

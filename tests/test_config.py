@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from precision_lab.config import (ConfigError, config_hash, load_config, resolved_config,
+from precision_lab.experiment.config import (ConfigError, config_hash, load_config, resolved_config,
                                   sweep_axes, sweep_points)
 
 BASE = """

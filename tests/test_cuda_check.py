@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 
-from precision_lab import cuda_check
+from precision_lab.studies import cuda as cuda_check
 
 
 def test_analyze_against_itself(tmp_path):

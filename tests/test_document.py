@@ -1,10 +1,10 @@
-"""precision_lab.document: one document, rendered as Markdown and as HTML."""
+"""precision_lab.report.document: one document, rendered as Markdown and as HTML."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from precision_lab.document import (Bullets, Code, Details, Heading, Para, Table, render_html,
+from precision_lab.report.document import (Bullets, Code, Details, Heading, Para, Table, render_html,
                                     render_markdown)
 
 

@@ -9,12 +9,13 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from precision_lab import experiment as exp
-from precision_lab.config import load_config
-from precision_lab.experiment import (ResultsExistError, RunError, reduce_in_format,
+from precision_lab.experiment import runner as exp
+from precision_lab.experiment.config import load_config
+from precision_lab.numerics.sums import reduce_in_format
+from precision_lab.experiment.runner import (ResultsExistError, RunError,
                                       run_experiment)
-from precision_lab.metrics import CATEGORIES
-from precision_lab.seed import compute_crossentropyloss_manual
+from precision_lab.numerics.metrics import CATEGORIES
+from precision_lab.implementations.seed import compute_crossentropyloss_manual
 
 SAMPLE_COLUMNS = ["point", "scale", "sample", "batch", "row", "implementation", "format",
                   "computed", "reference", "exact_hi", "exact_lo", "ulp_distance", "ulp_error",
@@ -150,7 +151,7 @@ def test_failure_while_finishing_keeps_chunks(tiny_config, tmp_path, monkeypatch
     def boom(*a, **k):
         raise RuntimeError("plotting failed")
 
-    import precision_lab.plots as plots
+    import precision_lab.report.plots as plots
 
     monkeypatch.setattr(plots, "make_plots", boom)
     out = tmp_path / "out"
@@ -185,14 +186,19 @@ def test_reduce_in_format_sums_in_the_format():
 
 
 def reducing_impl(logits, targets, fmt, reduction="none"):
-    """A custom implementation that reduces itself (tests the reduction= hook)."""
-    from precision_lab.formats import get_format
+    """A custom implementation that reduces itself (declares own_reduction)."""
+    from precision_lab.numerics.formats import get_format
 
     f = get_format(fmt)
     x = torch.from_numpy(np.asarray(logits, dtype=np.float64))
     out = torch.nn.functional.cross_entropy(x, torch.from_numpy(np.asarray(targets)),
                                             reduction=reduction).numpy()
     return np.asarray(out, dtype=f.np_dtype) if reduction != "none" else out.astype(f.np_dtype)
+
+
+from precision_lab.implementations import Capabilities  # noqa: E402
+
+reducing_impl.capabilities = Capabilities(own_reduction=True)  # type: ignore[attr-defined]
 
 
 def test_implementation_with_its_own_reduction_is_asked(write_config, tmp_path, monkeypatch):
@@ -230,9 +236,9 @@ def test_every_metric_column_against_an_independent_oracle(tiny_config, tmp_path
     import mpmath
     from oracles import exact_loss
 
-    from precision_lab.config import sweep_points
-    from precision_lab.formats import get_format, round_to
-    from precision_lab.inputs import generate, to_format
+    from precision_lab.experiment.config import sweep_points
+    from precision_lab.numerics.formats import get_format, round_to
+    from precision_lab.experiment.inputs import generate, to_format
 
     cfg = load_config(tiny_config)
     t = pq.read_table(run_experiment(cfg, tmp_path / "out", quiet=True).path / "samples.parquet")

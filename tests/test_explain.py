@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from precision_lab.cli import app
-from precision_lab.explain import ExplainInputError, explain
+from precision_lab.explain.explain import ExplainInputError, explain
 from precision_lab.implementations import REGISTRY
 
 runner = CliRunner()

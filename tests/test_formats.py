@@ -1,4 +1,4 @@
-"""Tests of precision_lab.formats with oracles independent of the code under test.
+"""Tests of precision_lab.numerics.formats with oracles independent of the code under test.
 
 float16/bfloat16 are checked exhaustively: the positive values of a 16-bit format are the bit
 patterns 0 .. ordinal(max) in increasing order, so the grid of consecutive values, their exact
@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from precision_lab.formats import (
+from precision_lab.numerics.formats import (
     FORMAT_NAMES,
     FORMATS,
     get_format,

@@ -17,16 +17,17 @@ import mpmath
 import numpy as np
 import pytest
 
-from precision_lab.formats import get_format, round_float64_array, round_to
+from precision_lab.numerics.formats import get_format, round_float64_array, round_to
 from precision_lab.implementations import (
     OPS,
     REGISTRY,
+    Capabilities,
     Implementation,
     Step,
     get_implementation,
     pairwise_sum,
 )
-from precision_lab.metrics import ulp_distance, ulp_error
+from precision_lab.numerics.metrics import ulp_distance, ulp_error
 
 FORMATS = ("float16", "bfloat16", "float32", "float64")
 KEYS = tuple(REGISTRY)
@@ -232,6 +233,9 @@ def custom_ce(logits, targets, fmt):
 
 def custom_traced(logits, targets, fmt, *, trace=None):
     return custom_ce(logits, targets, fmt)
+
+
+custom_traced.capabilities = Capabilities(trace=True)  # type: ignore[attr-defined]
 
 
 def custom_wrong_dtype(logits, targets, fmt):

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from precision_lab.config import load_config, sweep_points
-from precision_lab.formats import get_format
-from precision_lab.inputs import generate, to_format
+from precision_lab.experiment.config import load_config, sweep_points
+from precision_lab.numerics.formats import get_format
+from precision_lab.experiment.inputs import generate, to_format
 
 
 def _cfg(write_config, inputs: str, top: str = "classes = 6\nbatch_size = 4\nsamples = 3\n"):

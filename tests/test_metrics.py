@@ -1,4 +1,4 @@
-"""Tests of precision_lab.metrics with oracles independent of the code under test.
+"""Tests of precision_lab.numerics.metrics with oracles independent of the code under test.
 
 ulp_distance: exhaustively for float16/bfloat16 against a count made by stepping with
 np.nextafter from -max to +max; for float32/float64 with hypothesis against ordinals
@@ -18,8 +18,8 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from precision_lab.formats import FORMAT_NAMES, get_format, round_to
-from precision_lab.metrics import (
+from precision_lab.numerics.formats import FORMAT_NAMES, get_format, round_to
+from precision_lab.numerics.metrics import (
     CATEGORIES,
     NO_DISTANCE,
     bits_of_error,

@@ -1,10 +1,10 @@
-"""precision_lab.plots: the shared helpers the plots and the analyses' plots use."""
+"""precision_lab.report.plots: the shared helpers the plots and the analyses' plots use."""
 
 from __future__ import annotations
 
 import math
 
-from precision_lab.plots import log_y_wanted, same_curves
+from precision_lab.report.plots import log_y_wanted, same_curves
 
 
 def test_same_curves_merge_lines_that_agree_to_three_digits() -> None:

@@ -14,9 +14,9 @@ import mpmath
 import numpy as np
 import pytest
 
-from precision_lab import reference as R
+from precision_lab.numerics import reference as R
 from oracles import exact_loss
-from precision_lab.formats import FORMAT_NAMES, get_format, round_to
+from precision_lab.numerics.formats import FORMAT_NAMES, get_format, round_to
 
 DT = {"float16": np.float16, "bfloat16": ml_dtypes.bfloat16, "float32": np.float32,
       "float64": np.float64}

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from precision_lab.report import write_report
+from precision_lab.report.report import write_report
 
 
 def _png(path: Path) -> None:

@@ -1,12 +1,12 @@
-"""precision_lab.results: loading a results folder and reading its rows."""
+"""precision_lab.report.results: loading a results folder and reading its rows."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from precision_lab.formats import ordered_formats
-from precision_lab.results import aggregate, identical_groups, load_results, numeric_param
+from precision_lab.numerics.formats import ordered_formats
+from precision_lab.report.results import aggregate, identical_groups, load_results, numeric_param
 
 
 def _row(point, scale, impl, fmt, n_finite, exact, n_overflow=0, mean=0.3, umax=0.5):

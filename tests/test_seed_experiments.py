@@ -12,9 +12,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from precision_lab.config import load_config
-from precision_lab.experiment import run_experiment
-from precision_lab.seed import compute_crossentropyloss_manual
+from precision_lab.experiment.config import load_config
+from precision_lab.experiment.runner import run_experiment
+from precision_lab.implementations.seed import compute_crossentropyloss_manual
 
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 

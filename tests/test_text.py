@@ -1,10 +1,10 @@
-"""precision_lab.text: how numbers, rates and names are written."""
+"""precision_lab.report.text: how numbers, rates and names are written."""
 
 from __future__ import annotations
 
 import math
 
-from precision_lab.text import fmt_num, fmt_pct, fmt_rate, join_names, round6
+from precision_lab.report.text import fmt_num, fmt_pct, fmt_rate, join_names, round6
 
 
 def test_percentages_never_round_to_the_ends() -> None:

@@ -18,11 +18,11 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .document import Block, Table
-from .formats import ordered_formats
-from .results import (EXTRA_NAMES, Results, aggregate, as_float, as_rows, exact_count, group_name,
+from precision_lab.report.document import Block, Table
+from precision_lab.numerics.formats import ordered_formats
+from precision_lab.report.results import (EXTRA_NAMES, Results, aggregate, as_float, as_rows, exact_count, group_name,
                       identical_groups, nanmax, numeric_param, pair_of, stat_count, zero_mask)
-from .text import fmt_num, fmt_pct, fmt_rate, join_names, round6
+from precision_lab.report.text import fmt_num, fmt_pct, fmt_rate, join_names, round6
 
 __all__ = ["Finding", "FINDERS", "collect_findings", "key_findings", "MAX_KEY_FINDINGS"]
 
@@ -458,7 +458,7 @@ def _key_explain(res: Results) -> tuple[list[Finding], list[Block]]:
 def _key_cancellation(res: Results) -> tuple[list[Finding], list[Block]]:
     import numpy as np
 
-    from .formats import get_format
+    from precision_lab.numerics.formats import get_format
 
     S = res.sample_arrays()
     if S is None:

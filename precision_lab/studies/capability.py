@@ -13,13 +13,13 @@ kernels at start-up from the CPU (or from the environment variable ``ATEN_CPU_CA
 :func:`run_study` runs the protocol once per capability in a SUBPROCESS (the variable must be
 set before torch is imported), each returning the float32 bit patterns of both results; the
 parent then computes the pass share, the ULP distance between the two, and each one's ULP
-error against the correctly rounded mean loss (:mod:`precision_lab.reference`).  The study
+error against the correctly rounded mean loss (:mod:`precision_lab.numerics.reference`).  The study
 writes ``capabilities.json``, a plot, a manifest and a report into its results folder.
 
 Command line::
 
-    python -m precision_lab.capability --out results            # all capabilities this CPU has
-    python -m precision_lab.capability --batches 50 --capabilities default avx2
+    python -m precision_lab.studies.capability --out results            # all capabilities this CPU has
+    python -m precision_lab.studies.capability --batches 50 --capabilities default avx2
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from .seed import compute_crossentropyloss_manual
+from precision_lab.implementations.seed import compute_crossentropyloss_manual
 
 __all__ = ["CAPABILITIES", "supported_capabilities", "run_protocol", "run_capability",
            "run_study", "write_study", "main"]
@@ -110,7 +110,7 @@ def run_capability(capability: str, batches: int = 1000, seed: int = 0, timeout:
     env = dict(os.environ)
     env["ATEN_CPU_CAPABILITY"] = capability
     env.setdefault("OMP_NUM_THREADS", "1")
-    code = ("import json, sys; from precision_lab.capability import run_protocol; "
+    code = ("import json, sys; from precision_lab.studies.capability import run_protocol; "
             f"json.dump(run_protocol({int(batches)}, {int(seed)}), sys.stdout)")
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
@@ -125,8 +125,8 @@ def run_capability(capability: str, batches: int = 1000, seed: int = 0, timeout:
 
 
 def _analyse(runs: list[dict]) -> dict[str, Any]:
-    from .metrics import ulp_distance, ulp_error
-    from .reference import cross_entropy_detailed
+    from precision_lab.numerics.metrics import ulp_distance, ulp_error
+    from precision_lab.numerics.reference import cross_entropy_detailed
 
     base = runs[0]
     # the truth: the correctly rounded mean loss of each batch (inputs are the same in every run)
@@ -145,7 +145,7 @@ def _analyse(runs: list[dict]) -> dict[str, Any]:
         ref_lo.append(float(np.asarray(rr.lo)))
     ref_v = np.asarray(ref_v, np.float32)
     ref_hi, ref_lo = np.asarray(ref_hi), np.asarray(ref_lo)
-    from .formats import ulp_of
+    from precision_lab.numerics.formats import ulp_of
 
     med = float(np.median(ref_hi))
     ulp_med = float(ulp_of(med, "float32"))
@@ -180,7 +180,7 @@ def _analyse(runs: list[dict]) -> dict[str, Any]:
         row["median_loss"] = med
         row["ulp_at_median_loss"] = ulp_med
         per[r["requested"]] = {"a": a, "b": b, "d": d, "ea": ea, "eb": eb}
-    from .text import fmt_rate
+    from precision_lab.report.text import fmt_rate
 
     for row in rows:
         findings.append({"text": (
@@ -239,7 +239,7 @@ def run_study(batches: int = 1000, capabilities: "list[str] | None" = None, seed
 
 
 def _plot(study: dict, path: Path) -> Path:
-    from .plots import save_figure  # first: it selects matplotlib's Agg backend
+    from precision_lab.report.plots import save_figure  # first: it selects matplotlib's Agg backend
 
     import matplotlib.pyplot as plt
 
@@ -283,7 +283,7 @@ def _plot(study: dict, path: Path) -> Path:
 
 def write_study(study: dict, out_root: "str | Path" = "results") -> Path:
     """Write the study's folder (capabilities.json, plots/, manifest.json, report.md/.html)."""
-    from .report import write_report
+    from precision_lab.report.report import write_report
 
     root = Path(out_root) / STUDY_NAME
     root.mkdir(parents=True, exist_ok=True)
@@ -317,7 +317,7 @@ def write_study(study: dict, out_root: "str | Path" = "results") -> Path:
                         "the correctly rounded mean loss."),
         "config": {"protocol": "seed_81_percent", "batches": study["batches"], "seed": 0,
                    "batch_size": 10, "classes": 10, "capabilities": study["capabilities"],
-                   "command": "python -m precision_lab.capability --out results"},
+                   "command": "python -m precision_lab.studies.capability --out results"},
         "capabilities_supported_by_this_cpu": study["supported"],
         "torch": study["torch"], "torch_cpu_capability_default": torch.backends.cpu.get_cpu_capability(),
         "versions": {"python": platform.python_version(), "numpy": np.__version__,
@@ -331,7 +331,7 @@ def write_study(study: dict, out_root: "str | Path" = "results") -> Path:
 
 
 def main(argv: "list[str] | None" = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m precision_lab.capability",
+    ap = argparse.ArgumentParser(prog="python -m precision_lab.studies.capability",
                                  description="The seed's 1e-15 check under each ATEN_CPU_CAPABILITY.")
     ap.add_argument("--out", default="results", help="results root (default: results)")
     ap.add_argument("--batches", type=int, default=1000, help="batches (default: 1000, as the seed)")

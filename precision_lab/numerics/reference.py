@@ -20,7 +20,7 @@ Two evaluation paths, one answer:
   finite logit) or irrational -- by Lindemann-Weierstrass, e^L = sum_j e^(x_j - x_t) with
   rational L forces all finite x_j to equal x_t + L with multiplicity one -- so it is never
   a rounding midpoint; the same argument covers the sum and mean of a batch.
-* fast (``precision_lab._fastref``): the whole batch, vectorized, in float64 (targets
+* fast (``precision_lab.numerics._fastref``): the whole batch, vectorized, in float64 (targets
   float16, bfloat16, float32) or double-double arithmetic (float64) with a rigorous
   per-row error bound; rows whose enclosure does not round to one value go to the exact
   path, so the values are bit-identical to the exact path's.
@@ -53,8 +53,8 @@ import mpmath
 import numpy as np
 from mpmath import libmp
 
-from . import _fastref
-from .formats import Format, get_format, round_to
+from precision_lab.numerics import _fastref
+from precision_lab.numerics.formats import Format, get_format, round_to
 
 __all__ = ["ReferenceError", "ReferenceResult", "cross_entropy", "cross_entropy_detailed",
            "MAX_PRECISION", "START_PRECISION"]

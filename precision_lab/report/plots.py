@@ -32,7 +32,7 @@ import pyarrow as pa  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
-from .formats import ordered_formats  # noqa: E402
+from precision_lab.numerics.formats import ordered_formats  # noqa: E402
 
 __all__ = ["make_plots", "save_figure", "log_y_wanted", "same_curves", "ULP_LABEL"]
 

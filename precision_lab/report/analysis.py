@@ -15,7 +15,7 @@ calls it before the documents are built.
 * ``explained.json``, ``explain/<format>_row<i>.json``: tiny experiments, row by row;
 * plots only: ``error_vs_<axis>.png``, ``by_format.png``, ``compare.png``.
 
-Figures are written with :func:`precision_lab.plots.save_figure`.
+Figures are written with :func:`precision_lab.report.plots.save_figure`.
 """
 
 from __future__ import annotations
@@ -27,11 +27,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .formats import get_format, ordered_formats
-from .plots import log_y_wanted, same_curves, save_figure  # first: selects the Agg backend
-from .results import (Results, aggregate, as_float, axis_values, identical_groups, load_results,
+from precision_lab.numerics.formats import get_format, ordered_formats
+from precision_lab.report.plots import log_y_wanted, same_curves, save_figure  # first: selects the Agg backend
+from precision_lab.report.results import (Results, aggregate, as_float, axis_values, identical_groups, load_results,
                       numeric_param, stat_count, zero_mask)
-from .text import fmt_num, fmt_rate, join_names, round6
+from precision_lab.report.text import fmt_num, fmt_rate, join_names, round6
 
 import matplotlib.pyplot as plt  # noqa: E402  (after .plots: the Agg backend is selected)
 
@@ -45,7 +45,7 @@ _FUSED_MAX_V = 200_000
 
 def _load_cfg(res: Results):
     """The experiment's config, if its file still has the recorded hash."""
-    from .config import config_hash, load_config
+    from precision_lab.experiment.config import config_hash, load_config
 
     path = res.manifest.get("config_file")
     if not path:
@@ -68,7 +68,7 @@ class _Inputs:
     """Per (point, format): the logits (S*B, C) rounded to the format and targets (S*B,)."""
 
     def __init__(self, res: Results):
-        from .config import sweep_points
+        from precision_lab.experiment.config import sweep_points
 
         self.cfg = _load_cfg(res)
         self.points = {p.index: p for p in sweep_points(self.cfg)} if self.cfg else {}
@@ -79,7 +79,7 @@ class _Inputs:
         return self.cfg is not None and self.cfg.reduction == "none"
 
     def get(self, point: int, fmt: str):
-        from .inputs import generate, to_format
+        from precision_lab.experiment.inputs import generate, to_format
 
         if point not in self._raw:
             self._raw = {point: generate(self.cfg, self.points[point])}  # keep one point
@@ -220,7 +220,7 @@ def analysis_overflow(res: Results, inp: _Inputs, S: dict) -> dict | None:
 
 def analysis_bounds(res: Results, inp: _Inputs, S: dict) -> dict | None:
     """Measured errors of the shifted algorithms against their error bounds (BHH style)."""
-    from .conditioning import bhh_loss_bound, derived_loss_bound, to_rigorous
+    from precision_lab.numerics.conditioning import bhh_loss_bound, derived_loss_bound, to_rigorous
     impls = set(S["implementation"].tolist())
     if not inp.ok or "lse" not in impls:
         return None
@@ -325,7 +325,7 @@ def analysis_bounds(res: Results, inp: _Inputs, S: dict) -> dict | None:
                     "measured relative error of the loss, both in units of u, as in Blanchard, "
                     "Higham & Higham's Figure (their bound for the shifted lse, carried through "
                     "the final subtraction, and the first-order bounds derived in "
-                    "precision_lab.conditioning, with the B/(1 - Bu) second-order cover).",
+                    "precision_lab.numerics.conditioning, with the B/(1 - Bu) second-order cover).",
             "findings": findings, "tables": {"bounds vs measured": rows_tbl}}
 
 
@@ -409,8 +409,8 @@ def analysis_cancellation(res: Results, inp: _Inputs, S: dict) -> dict | None:
 
 def analysis_attribution(res: Results, inp: _Inputs, S: dict) -> dict | None:
     """Per-step attribution of the worst rows, and the fused torch kernel against composites."""
-    from .attribution import attribute, compare_fused
-    from .implementations import REGISTRY
+    from precision_lab.explain.attribution import attribute, compare_fused
+    from precision_lab.implementations import REGISTRY
 
     if not inp.ok or _rows_per_format(S) <= 4:  # tiny experiments are explained row by row
         return None
@@ -488,11 +488,11 @@ def analysis_attribution(res: Results, inp: _Inputs, S: dict) -> dict | None:
     if not rows_tbl and not fused_tbl:
         return None
     return {"text": ("Worst rows of each step-wise implementation re-run with per-step "
-                     "attribution (precision_lab.attribution): the 'decisive' step is the first one "
+                     "attribution (precision_lab.explain.attribution): the 'decisive' step is the first one "
                      "after which the accumulated error stays within half of its final value; "
                      "contributions are the telescoping differences of exact re-runs and add up "
                      "to the total error. The fused torch kernel cannot be traced; it is set beside "
-                     "composites modelled on its source (precision_lab.attribution.COMPOSITES)."),
+                     "composites modelled on its source (precision_lab.explain.attribution.COMPOSITES)."),
             "findings": findings,
             "tables": {"decisive steps of the worst rows": rows_tbl,
                        "torch fused kernel vs composites": fused_tbl}}
@@ -500,8 +500,8 @@ def analysis_attribution(res: Results, inp: _Inputs, S: dict) -> dict | None:
 
 def analysis_explain(res: Results, inp: _Inputs, S: dict) -> dict | None:
     """For tiny experiments (at most 4 rows per format): every row explained in words
-    (precision_lab.explain), one file per format and row under explain/."""
-    from .explain import explain
+    (precision_lab.explain.explain), one file per format and row under explain/."""
+    from precision_lab.explain.explain import explain
 
     if not inp.ok:
         return None

@@ -3,7 +3,7 @@
 The report is generated from the data in the folder and from nothing else:
 
 * the question comes from the manifest's resolved config (``question`` / ``description``);
-* it leads with the answer: the key findings (:func:`precision_lab.findings.key_findings`),
+* it leads with the answer: the key findings (:func:`precision_lab.report.findings.key_findings`),
   one key table and the 1-4 plots that show the leading mechanisms; then a compact summary
   per implementation x format;
 * the appendix (collapsed in report.html, capped in report.md) holds every finding, the
@@ -13,9 +13,9 @@ The report is generated from the data in the folder and from nothing else:
 * every ``plots/*.png`` is shown -- in ``report.md`` as a relative image link, in
   ``report.html`` embedded so the file is self-contained.
 
-:func:`write_report` first runs the analyses that apply (:func:`precision_lab.analysis.enrich`),
-then loads the folder (:mod:`precision_lab.results`), builds one document
-(:func:`build_document`) and renders it twice (:mod:`precision_lab.document`).
+:func:`write_report` first runs the analyses that apply (:func:`precision_lab.report.analysis.enrich`),
+then loads the folder (:mod:`precision_lab.report.results`), builds one document
+(:func:`build_document`) and renders it twice (:mod:`precision_lab.report.document`).
 """
 
 from __future__ import annotations
@@ -26,15 +26,15 @@ import re
 from pathlib import Path
 from typing import Any, Callable
 
-from .analysis import enrich
-from .document import (Block, Bullets, Code, Details, Heading, Image, Para, Table, render_html,
+from precision_lab.report.analysis import enrich
+from precision_lab.report.document import (Block, Bullets, Code, Details, Heading, Image, Para, Table, render_html,
                        render_markdown)
-from .findings import collect_findings, key_findings
-from .formats import ordered_formats
-from .results import (Results, aggregate, as_float, as_rows, exact_count, group_name,
+from precision_lab.report.findings import collect_findings, key_findings
+from precision_lab.numerics.formats import ordered_formats
+from precision_lab.report.results import (Results, aggregate, as_float, as_rows, exact_count, group_name,
                       identical_groups, load_results, nanmax, numeric_param, pair_of, row_total,
                       stat_count, zero_mask)
-from .text import fmt_num, fmt_rate
+from precision_lab.report.text import fmt_num, fmt_rate
 
 __all__ = ["write_report", "build_document"]
 
@@ -402,7 +402,7 @@ def write_report(results_dir: Path | str, analyses: bool = True) -> tuple[Path, 
     """Read ``results_dir`` and write ``report.md`` and ``report.html`` into it.
 
     With ``analyses`` (the default) the explanatory analyses that apply to the data
-    (:data:`precision_lab.analysis.ANALYSES`: overflow thresholds, cancellation, bounds vs
+    (:data:`precision_lab.report.analysis.ANALYSES`: overflow thresholds, cancellation, bounds vs
     measured errors, per-step attribution and the fused-kernel comparison) first write their
     JSON and plots into the folder; they need the experiment's config file (to regenerate the inputs) and
     samples.parquet, and are skipped where those are missing.

@@ -2,9 +2,9 @@
 
 The GPU only runs torch; everything that needs the reference runs here.  Three steps::
 
-    python -m precision_lab.cuda_check inputs  INPUTS.npz             # any machine
-    python -m precision_lab.cuda_check compute INPUTS.npz GPU.npz     # the CUDA machine
-    python -m precision_lab.cuda_check analyze INPUTS.npz GPU.npz OUT_DIR   # any machine
+    python -m precision_lab.studies.cuda inputs  INPUTS.npz             # any machine
+    python -m precision_lab.studies.cuda compute INPUTS.npz GPU.npz     # the CUDA machine
+    python -m precision_lab.studies.cuda analyze INPUTS.npz GPU.npz OUT_DIR   # any machine
 
 ``compute`` needs only numpy, ml_dtypes, mpmath and torch (not pydantic or the runner).
 ``analyze`` recomputes the CPU side here, computes the correctly rounded reference and the
@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .formats import FORMAT_NAMES, get_format, round_float64_array
-from .implementations import torch_ce, torch_logsoftmax_nll, torch_manual
+from precision_lab.numerics.formats import FORMAT_NAMES, get_format, round_float64_array
+from precision_lab.implementations import torch_ce, torch_logsoftmax_nll, torch_manual
 
 __all__ = ["make_inputs", "compute", "analyze"]
 
@@ -103,9 +103,9 @@ def _stats(err: np.ndarray) -> dict:
 def analyze(inputs: Path, gpu: Path, out_dir: Path) -> dict:
     """Compare the GPU results in ``gpu`` with torch's CPU kernels here and the truth; write
     ``summary.json`` and ``report.md`` under ``out_dir`` and return the summary."""
-    from .experiment import reduce_in_format  # the seed's loop over per-sample losses
-    from .metrics import ulp_distance, ulp_error
-    from .reference import cross_entropy_detailed
+    from precision_lab.numerics.sums import reduce_in_format  # the seed's loop over per-sample losses
+    from precision_lab.numerics.metrics import ulp_distance, ulp_error
+    from precision_lab.numerics.reference import cross_entropy_detailed
 
     cpu_file = out_dir / "_cpu.npz"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -165,8 +165,8 @@ def _report(s: dict) -> str:
         f"{ci['cpu_capability']}, Python {ci['python']}.  Same inputs on both (SETS in "
         "precision_lab/cuda_check.py); ULP error is against the unrounded truth, so a "
         "correctly rounded result scores at most 0.5.  `make run` recomputes this report from "
-        "the committed GPU results (gpu_h100.npz): `python -m precision_lab.cuda_check inputs "
-        "IN.npz && python -m precision_lab.cuda_check analyze IN.npz "
+        "the committed GPU results (gpu_h100.npz): `python -m precision_lab.studies.cuda inputs "
+        "IN.npz && python -m precision_lab.studies.cuda analyze IN.npz "
         "results/cuda_vs_cpu/gpu_h100.npz results/cuda_vs_cpu`.", "",
     ]
     seed = s["seed_protocol"]
@@ -192,7 +192,7 @@ def _report(s: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    usage = ("usage: python -m precision_lab.cuda_check inputs INPUTS.npz | compute INPUTS.npz "
+    usage = ("usage: python -m precision_lab.studies.cuda inputs INPUTS.npz | compute INPUTS.npz "
              "GPU.npz [DEVICE] | analyze INPUTS.npz GPU.npz OUT_DIR")
     if not argv:
         print(usage, file=sys.stderr)

@@ -54,8 +54,8 @@ from typing import Any, Callable
 import mpmath
 import numpy as np
 
-from .formats import Format, get_format, round_float64_array, round_to, ulp_exponent
-from .implementations import OPS, REGISTRY, Step, get_implementation, pairwise_sum
+from precision_lab.numerics.formats import Format, get_format, round_float64_array, round_to, ulp_exponent
+from precision_lab.implementations import OPS, REGISTRY, Step, get_implementation, pairwise_sum
 
 __all__ = [
     "StepAttribution",
@@ -622,7 +622,7 @@ def compare_fused(logits: np.ndarray, targets: np.ndarray, fmt: "str | Format",
     Returns {"fused", "format", "rows", "composites": [{"name", "description",
     "identical", "rate", "max_ulp_distance"}...] (most identical first), "best"}; with
     ``reference`` (correctly rounded losses) also a "correctly rounded" entry."""
-    from .metrics import ulp_distance
+    from precision_lab.numerics.metrics import ulp_distance
 
     f = get_format(fmt)
     x = np.asarray(logits)

@@ -115,7 +115,7 @@ import math
 
 import numpy as np
 
-from .formats import Format, get_format
+from precision_lab.numerics.formats import Format, get_format
 
 __all__ = [
     "RowStats",
@@ -299,7 +299,7 @@ def measured_in_u(computed: np.ndarray, exact_hi: np.ndarray, fmt: "str | Format
                   exact_lo: "np.ndarray | None" = None) -> np.ndarray:
     """|computed - exact| / |exact| / u, float64 (NaN unless both are finite; inf where the
     exact value is 0 and computed is not)."""
-    from .metrics import relative_error
+    from precision_lab.numerics.metrics import relative_error
 
     f = get_format(fmt)
     return relative_error(np.asarray(computed).astype(np.float64), exact_hi, exact_lo) / f.unit_roundoff

@@ -1,5 +1,5 @@
 """Fast path of the reference (private): the whole batch, vectorized, with a rigorous
-per-row error bound (Ziv's first step).  Used by :mod:`precision_lab.reference`.
+per-row error bound (Ziv's first step).  Used by :mod:`precision_lab.numerics.reference`.
 
 Rows are "general" rows only (finite target, >= 2 finite logits, no NaN or +inf); the
 non-finite rules live in the reference.  For each row it returns an approximation hi + lo
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import mpmath
 import numpy as np
 
-from .formats import Format, round_float64_array
+from precision_lab.numerics.formats import Format, round_float64_array
 
 U = 2.0 ** -53
 _INFLATE = 1.0 + 2.0 ** -20

@@ -4,7 +4,7 @@
 (S, B, C) in float64 (float32 for the torch protocol, and for file data its stored dtype
 widened exactly to float64 unless it is float32) and int64 targets of shape (S, B).
 :func:`to_format` rounds the logits once, correctly, to a format; the runner computes each
-format's reference from exactly those rounded values.  See :mod:`precision_lab.config` for
+format's reference from exactly those rounded values.  See :mod:`precision_lab.experiment.config` for
 the generators' parameters.
 """
 
@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from .config import ConfigError, ExperimentConfig, SweepPoint, source_of
-from .formats import Format, get_format, round_float64_array
+from precision_lab.experiment.config import ConfigError, ExperimentConfig, SweepPoint, source_of
+from precision_lab.numerics.formats import Format, get_format, round_float64_array
 
 __all__ = ["InputBatch", "generate", "to_format", "fixed_arrays", "load_file_arrays",
            "torch_rand_protocol"]

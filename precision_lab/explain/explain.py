@@ -3,7 +3,7 @@ each step-wise implementation loses accuracy, the condition number, and a verdic
 
 Python API::
 
-    from precision_lab.explain import explain
+    from precision_lab.explain.explain import explain
     d = explain([20, 0, 1, 2], 0, "float32")
     d["reference"], d["implementations"]["torch"], d["verdict"]
 
@@ -108,7 +108,7 @@ def _round_logits(values: Sequence[Any], f) -> tuple[np.ndarray, list[dict]]:
     """Round each value once, correctly, to f; report the ones that changed."""
     import mpmath
 
-    from .formats import round_to
+    from precision_lab.numerics.formats import round_to
 
     out = np.empty(len(values), dtype=f.np_dtype)
     changed = []
@@ -139,7 +139,7 @@ def _load_file(path: Path, row: Optional[int]) -> np.ndarray:
             raise ExplainInputError("--file", str(path), f"cannot be read as .pt ({exc})") from None
         if not isinstance(obj, torch.Tensor):
             raise ExplainInputError("--file", str(path), "the .pt file must hold one tensor")
-        from .implementations import from_torch
+        from precision_lab.implementations import from_torch
 
         arr = from_torch(obj)
     else:
@@ -183,11 +183,11 @@ def explain(logits: Sequence[Any], target: int, fmt: str = "float32", *,
     """
     import mpmath
 
-    from .conditioning import bhh_loss_bound, condition_number, derived_loss_bound
-    from .formats import FORMAT_NAMES, get_format
-    from .implementations import REGISTRY
-    from .metrics import categorize, ulp_distance, ulp_error
-    from .reference import cross_entropy_detailed
+    from precision_lab.numerics.conditioning import bhh_loss_bound, condition_number, derived_loss_bound
+    from precision_lab.numerics.formats import FORMAT_NAMES, get_format
+    from precision_lab.implementations import REGISTRY
+    from precision_lab.numerics.metrics import categorize, ulp_distance, ulp_error
+    from precision_lab.numerics.reference import cross_entropy_detailed
 
     try:
         f = get_format(fmt)
@@ -244,7 +244,7 @@ def explain(logits: Sequence[Any], target: int, fmt: str = "float32", *,
 
     attrib: dict[str, dict] = {}
     if attribution:
-        from .attribution import attribute
+        from precision_lab.explain.attribution import attribute
 
         for key, impl in REGISTRY.items():
             if not impl.stepwise:
@@ -264,7 +264,7 @@ def explain(logits: Sequence[Any], target: int, fmt: str = "float32", *,
 
     fused = None
     if finite_in:
-        from .attribution import compare_fused
+        from precision_lab.explain.attribution import compare_fused
 
         try:
             fr = compare_fused(X, T, f, reference=ref.values)
@@ -360,7 +360,7 @@ def _verdict(d: dict, x: np.ndarray, t: int, f, hi: float, p_t, finite_in: bool)
         zeros = [k for k in lost if impls[k]["value"] == 0]
         lse_val = float(xv[t]) + hi
         with mpmath.workprec(64):
-            from .formats import ulp_of
+            from precision_lab.numerics.formats import ulp_of
 
             sp = float(ulp_of(lse_val, f)) if math.isfinite(lse_val) else math.nan
         who = ", ".join(zeros) if zeros else ", ".join(lost)

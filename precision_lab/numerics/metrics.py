@@ -13,7 +13,7 @@ from __future__ import annotations
 import mpmath
 import numpy as np
 
-from .formats import Format, get_format, ulp_exponent
+from precision_lab.numerics.formats import Format, get_format, ulp_exponent
 
 __all__ = [
     "CATEGORIES",

@@ -2,21 +2,21 @@
 
 Python API (the CLI is a thin layer over it)::
 
-    from precision_lab.config import load_config
-    from precision_lab.experiment import run_experiment
+    from precision_lab.experiment.config import load_config
+    from precision_lab.experiment.runner import run_experiment
     res = run_experiment(load_config("experiments/seed_question.toml"), out_root="results")
     res.path        # results/seed_question/
 
 What a run does, for each sweep point and format (one *chunk*):
 
-1. generate the point's inputs (:mod:`precision_lab.inputs`) and round them once to the format;
+1. generate the point's inputs (:mod:`precision_lab.experiment.inputs`) and round them once to the format;
 2. run every implementation on every batch.  With ``reduction = "mean"/"sum"`` an
    implementation whose function accepts ``reduction=`` reduces its own way (torch's
    kernels); otherwise the per-sample losses are summed left to right from 0 in the format's
    own arithmetic (each partial sum rounded to the format: the seed's ``loss = loss + ...``
    loop) and, for the mean, divided by B with one correct rounding;
 3. compute the correctly rounded reference from exactly the rounded inputs
-   (``reference.cross_entropy_detailed``), and the metrics of :mod:`precision_lab.metrics`;
+   (``reference.cross_entropy_detailed``), and the metrics of :mod:`precision_lab.numerics.metrics`;
 4. write the chunk atomically to ``<results>/partial/<chunk>.parquet``.
 
 When every chunk is done the tables, plots, manifest and report are written into a temporary
@@ -51,12 +51,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import __version__
-from .config import (ExperimentConfig, SweepPoint, compare_formats, config_hash, format_names,
+from precision_lab import __version__
+from precision_lab.experiment.config import (ExperimentConfig, SweepPoint, compare_formats, config_hash, format_names,
                      implementation_keys, resolved_config, source_of, sweep_axes, sweep_points)
-from .formats import Format, get_format, round_to, ulp_of
-from .inputs import generate, to_format
-from .metrics import (CATEGORIES, NO_DISTANCE, bits_of_error, categorize, relative_error,
+from precision_lab.numerics.formats import Format, get_format, round_to, ulp_of
+from precision_lab.numerics.sums import reduce_in_format
+from precision_lab.experiment.inputs import generate, to_format
+from precision_lab.numerics.metrics import (CATEGORIES, NO_DISTANCE, bits_of_error, categorize, relative_error,
                       ulp_distance, ulp_error)
 
 __all__ = [
@@ -66,7 +67,6 @@ __all__ = [
     "run_experiment",
     "preflight",
     "results_state",
-    "reduce_in_format",
     "compute_chunk",
     "summarize",
     "agreement",
@@ -107,53 +107,12 @@ class RunResult:
 
 # --------------------------------------------------------------------------- reductions
 
-def _accepts_reduction(fn: Callable) -> bool:
-    try:
-        return "reduction" in inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-def _div_exact_int(acc: np.generic, n: int, f: Format) -> np.generic:
-    """acc / n rounded once, correctly, to ``f`` (n an exact integer)."""
-    v = float(acc)
-    if not math.isfinite(v):
-        return f.np_dtype.type(v / n)
-    with mpmath.workprec(256):
-        return round_to(mpmath.mpf(v) / n, f)
-
-
-def reduce_in_format(losses: np.ndarray, reduction: str, fmt: "str | Format") -> np.generic:
-    """Sum ``losses`` left to right from 0 in ``fmt``'s arithmetic (every partial sum rounded
-    to the format), then for "mean" divide by their number with one correct rounding.
-
-    This is the seed's loop ``loss = 0.; loss = loss + l_i; loss = loss / n``.  (The seed
-    adds the log terms and negates at the end; rounding to nearest is symmetric, so adding the
-    negated terms gives the negated sum bit for bit.)"""
-    f = get_format(fmt)
-    t = f.np_dtype.type
-    acc = t(0.0)
-    with np.errstate(all="ignore"):
-        for v in np.asarray(losses, dtype=f.np_dtype).ravel():
-            acc = t(acc + v)
-    if reduction == "sum":
-        return acc
-    if reduction == "mean":
-        return _div_exact_int(acc, len(losses), f)
-    raise ValueError(f"unknown reduction {reduction!r}; allowed: none, mean, sum")
-
-
 def _run_impl(impl, x: np.ndarray, y: np.ndarray, f: Format, reduction: str) -> np.ndarray:
     """One batch through one implementation: (B,) losses, or a (1,) reduced value."""
     if reduction == "none":
         return impl(x, y, f)
-    fn = getattr(impl, "function", impl)
-    if _accepts_reduction(fn):
-        out = np.asarray(fn(x, y, f, reduction=reduction))
-        if out.dtype != f.np_dtype or out.size != 1:
-            raise TypeError(f"implementation {impl.key!r} with reduction={reduction!r} returned "
-                            f"{out.dtype} of shape {out.shape}; expected one {f.name} value")
-        return out.reshape(1)
+    if impl.capabilities.own_reduction:
+        return impl(x, y, f, reduction=reduction).reshape(1)
     return np.asarray([reduce_in_format(impl(x, y, f), reduction, f)], dtype=f.np_dtype)
 
 
@@ -165,7 +124,7 @@ def chunk_key(point: SweepPoint, fmt: str) -> str:
 
 def _reference(x: np.ndarray, y: np.ndarray, f: Format, reduction: str):
     """(values in fmt, hi, lo) per sample: (S*B,) for "none", (S,) otherwise."""
-    from .reference import cross_entropy_detailed
+    from precision_lab.numerics.reference import cross_entropy_detailed
 
     S, B, C = x.shape
     if reduction == "none":
@@ -607,7 +566,7 @@ def run_experiment(cfg: ExperimentConfig, out_root: "str | Path" = "results", *,
     if state != "absent" and not resume:
         shutil.rmtree(target)  # only reachable with force (preflight refused otherwise)
 
-    from .implementations import get_implementation
+    from precision_lab.implementations import get_implementation
 
     impls = [get_implementation(k) for k in implementation_keys(cfg)]
     fmts = format_names(cfg)
@@ -685,7 +644,7 @@ def run_experiment(cfg: ExperimentConfig, out_root: "str | Path" = "results", *,
         cmp = compare_table(table, cfg, axes, env)
         if cmp is not None:
             _write_json(tmp / "compare.json", cmp)
-        from .plots import make_plots
+        from precision_lab.report.plots import make_plots
 
         plot_paths = make_plots(table, summary, axes, tmp / "plots", cfg.name)
         manifest.update(
@@ -697,7 +656,7 @@ def run_experiment(cfg: ExperimentConfig, out_root: "str | Path" = "results", *,
             plots=[str(p.relative_to(tmp)) for p in plot_paths],
             rows=table.num_rows)
         _write_json(tmp / "manifest.json", manifest)
-        from .report import write_report
+        from precision_lab.report.report import write_report
 
         report_paths = write_report(tmp)
         manifest["files"] = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*")

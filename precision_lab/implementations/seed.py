@@ -1,7 +1,7 @@
 """The seed question's manual cross-entropy, verbatim (../shared/seed/: "Cross Entropy in PyTorch").
 
 Kept in one place because three things must run exactly the seed's arithmetic: the
-``ATEN_CPU_CAPABILITY`` study (:mod:`precision_lab.capability`), and the tests that check the
+``ATEN_CPU_CAPABILITY`` study (:mod:`precision_lab.studies.capability`), and the tests that check the
 runner's generic mean reduction and the seed_81_percent experiment against the seed's own code.
 """
 

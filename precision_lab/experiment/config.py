@@ -69,7 +69,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .formats import FORMAT_NAMES, get_format
+from precision_lab.numerics.formats import FORMAT_NAMES, get_format
 
 __all__ = [
     "ConfigError",
@@ -301,7 +301,7 @@ def _from_validation_error(file: Path | str, err: ValidationError) -> ConfigErro
 
 def _registry_keys() -> list[str]:
     try:
-        from .implementations import REGISTRY
+        from precision_lab.implementations import REGISTRY
     except ImportError:
         return []
     return list(REGISTRY)
@@ -349,7 +349,7 @@ def format_names(cfg: ExperimentConfig) -> list[str]:
 
 def implementation_keys(cfg: ExperimentConfig) -> list[str]:
     if cfg.implementations == "all":
-        from .implementations import REGISTRY
+        from precision_lab.implementations import REGISTRY
 
         return list(REGISTRY)
     return list(dict.fromkeys(cfg.implementations))
@@ -378,7 +378,7 @@ def _check(cfg: ExperimentConfig, path: Path) -> None:
         raise ConfigError(path, "formats", "a format is listed twice")
 
     try:
-        from .implementations import REGISTRY, get_implementation
+        from precision_lab.implementations import REGISTRY, get_implementation
     except ImportError as exc:  # the package is broken, not the config
         raise ConfigError(path, "implementations", f"cannot import the registry ({exc})") from None
     allowed_impls = ["all", *REGISTRY, "or 'package.module:function'"]
@@ -458,14 +458,14 @@ def _check(cfg: ExperimentConfig, path: Path) -> None:
             if v < 0:
                 raise ConfigError(path, "inputs.scale", f"must be >= 0, got {v}")
     if gen == "fixed":
-        from .inputs import fixed_arrays
+        from precision_lab.experiment.inputs import fixed_arrays
 
         try:
             fixed_arrays(cfg.inputs)
         except ValueError as exc:
             raise ConfigError(path, "inputs.logits", str(exc)) from None
     if gen == "file":
-        from .inputs import load_file_arrays
+        from precision_lab.experiment.inputs import load_file_arrays
 
         try:
             load_file_arrays(cfg, path.parent)

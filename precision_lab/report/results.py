@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from .metrics import CATEGORIES
+from precision_lab.numerics.metrics import CATEGORIES
 
 __all__ = [
     "EXTRA_NAMES", "Results", "load_results", "as_rows", "row_total", "stat_count", "exact_count",

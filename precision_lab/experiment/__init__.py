@@ -1,0 +1,1 @@
+"""Experiments: configs, input generators, the runner, the result tables and the results store."""

@@ -1,0 +1,311 @@
+"""What an implementation is: its calling convention, its declared capabilities, its steps.
+
+Every implementation is a callable ``(logits, targets, fmt) -> np.ndarray``: ``logits`` a
+(B, V) numpy array (float16, ml_dtypes.bfloat16, float32 or float64), ``targets`` (B,)
+integer class indices in [0, V), ``fmt`` a format name or :class:`~precision_lab.formats.Format`.
+It returns the B per-sample losses as an array of ``fmt``'s numpy dtype.  Logits of another
+dtype are first rounded once (correctly) into ``fmt`` -- a ``cast`` step.
+
+Registry (:data:`REGISTRY`, key -> :class:`Implementation`):
+
+=====================  ===================================================================
+``naive``              the seed's formula -log(exp(x_t) / sum_j exp(x_j)), no shift (numpy)
+``naive_softmax``      p = exp(x) / sum exp(x) for the whole row, then -log p[t] (numpy)
+``lse``                max-shifted log-sum-exp: (m + log(sum exp(x - m))) - x_t (numpy)
+``lse_log1p``          Blanchard-Higham-Higham: (m - x_t) + log1p(sum_{j != k} exp(x_j - m)),
+                       k = argmax (first one), m = x_k (numpy)
+``torch``              torch.nn.functional.cross_entropy(x, t, reduction="none")
+``torch_logsoftmax_nll``  F.nll_loss(F.log_softmax(x, dim=-1), t, reduction="none")
+``torch_manual``       the seed's torch ops per row: -torch.log(torch.exp(x[t]) / torch.exp(x).sum())
+``scipy``              scipy.special.logsumexp(x, axis=-1) - x_t
+=====================  ===================================================================
+
+Arithmetic model (measured with numpy 2.4.6, ml_dtypes 0.6.0, torch 2.13.0 CPU, AVX512):
+
+* numpy's float16 ``+ - * /`` compute in float32 and round once to float16; ml_dtypes'
+  bfloat16 ufuncs do the same via float32.  Because float32 has p' = 24 >= 2p + 2 bits for
+  both (p = 11, 8), this double rounding is innocuous (Figueroa): each elementary operation
+  is correctly rounded to the format.  Checked: 0 mismatches against the correctly rounded
+  result on 2 x 4M random operand pairs per format; torch's CPU float16/bfloat16 ops agree.
+* ``exp``, ``log``, ``log1p`` on float16/bfloat16 evaluate the float32 function and round:
+  exhaustively over all float16 inputs numpy's exp is not correctly rounded at 4 points
+  (torch's at 2), log at 1, log1p at 2; for bfloat16 both are correctly rounded everywhere.
+* Sums: ``np.sum`` is NOT the format's arithmetic for float16 (it accumulates pairwise in
+  float32 and rounds once at the end), while for bfloat16 it adds left to right, rounding
+  each partial sum to bfloat16; torch's CPU sum of float16/bfloat16 accumulates in float32.
+  So the numpy implementations here never call ``np.sum``: they use :func:`pairwise_sum`,
+  a fixed pairwise tree in the format's own arithmetic (every addition rounded once to the
+  format), the same order for every format: see its docstring.  The torch implementations
+  use torch's own reductions, whatever they do (that is what is being measured).
+* ``max``, ``argmax``, ``gather``, ``neg`` and the ``mask`` step are exact.
+* Casts are not all correct: ml_dtypes' float64 -> bfloat16 ``astype`` and torch's float64 ->
+  bfloat16 and float64 -> float16 ``.to`` round through float32 (1 + 2**-8 + 2**-40 becomes
+  1.0 in bfloat16, 1 + 2**-11 + 2**-40 becomes 1.0 in float16; correct: 1 + 2**-7 and
+  1 + 2**-10); numpy's float64 -> float16 cast is correct.  The ``cast`` step here therefore
+  uses :func:`~precision_lab.formats.round_float64_array` (one correct rounding).
+* torch: its elementwise ops give the same result on a vector as on each 0-d element
+  (checked for exp, log, div in all four formats), and a row sum of a (B, V) tensor equals
+  the sum of that row as a 1-D tensor (checked V <= 5000), so ``torch_manual`` vectorizes over
+  rows without changing any per-row operation.  torch's CPU kernels depend on
+  ``ATEN_CPU_CAPABILITY`` (default/avx2/avx512); results can differ between them.
+* scipy 1.17 ``logsumexp`` computes in the input dtype for float16/float32/float64 (with
+  numpy's float32-accumulated ``np.sum`` for float16), but it does not recognise
+  ml_dtypes.bfloat16 as floating and promotes it to float64: the ``scipy`` entry then rounds
+  that float64 result once to bfloat16 before the final bfloat16 subtraction.  It uses the
+  BHH form internally: a_max + log(#maxima) + log1p(sum of the others / #maxima).
+
+Devices: the three torch implementations take ``device=`` ("cpu" by default; "cuda" runs
+torch's GPU kernels on the same values, see :mod:`precision_lab.cuda_check`).
+
+Tracing (per-step attribution).  The step-wise implementations (``Implementation.stepwise``)
+take a keyword ``trace: list | None = None``.  When a list is given, one :class:`Step` per
+operation is appended, in execution order; the last step's output is the returned array.
+The same code computes with and without tracing (recording only stores references).  The
+meaning of each ``op`` is in :data:`OPS`: a step's exact value is ``OPS[op]`` applied in exact
+arithmetic to the step's ``inputs`` (the arrays actually consumed, already broadcast-shaped),
+so another module can measure the error each step adds as the distance between ``output``
+and the correctly rounded exact result of the op on those inputs.
+
+Custom implementations: :func:`get_implementation` accepts a registry key or an import path
+``"package.module:function"`` naming a callable with the same signature (optionally taking
+``trace=``)::
+
+    def my_ce(logits, targets, fmt):          # in mypkg/losses.py
+        f = get_format(fmt)
+        ...
+        return losses.astype(f.np_dtype)      # shape (B,), fmt's dtype
+
+    impl = get_implementation("mypkg.losses:my_ce")
+    losses = impl(logits, targets, "bfloat16")
+
+The returned :class:`Implementation` checks the result's shape and dtype.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from precision_lab.numerics.formats import Format, get_format, round_float64_array
+
+__all__ = [
+    "Step",
+    "OPS",
+    "Capabilities",
+    "Implementation",
+    "to_torch",
+    "from_torch",
+    "prepare",
+    "take",
+    "Recorder",
+]
+
+#: Exact meaning of each step ``op`` on its ``inputs`` (in0, in1, ...); all index/axis
+#: conventions are over the last axis, with numpy broadcasting between in0 and in1.
+#: "rounded" ops are computed once per elementary operation in the format; "exact" ones
+#: introduce no error; "composite" ones are a library kernel whose internals are unknown.
+OPS: dict[str, str] = {
+    "cast": "rounded: in0 (any float dtype) rounded once to the format",
+    "max": "exact: out[i] = max_j in0[i, j]",
+    "argmax": "exact: out[i] = first j with in0[i, j] maximal (integer output)",
+    "gather": "exact: out[i] = in0[i, in1[i]] (in1 integer indices)",
+    "mask": "exact: out = in0 with out[i, in1[i]] = 0 (in1 integer indices)",
+    "sub": "rounded: out = in0 - in1",
+    "add": "rounded: out = in0 + in1",
+    "div": "rounded: out = in0 / in1",
+    "neg": "exact: out = -in0",
+    "exp": "rounded: out = exp(in0)",
+    "log": "rounded: out = log(in0)",
+    "log1p": "rounded: out = log(1 + in0)",
+    "sum": "rounded (V - 1 additions): out[i] = sum_j in0[i, j]; numpy implementations use "
+           "pairwise_sum's order, torch ones torch's own reduction",
+    "log_softmax": "composite: out[i, j] = in0[i, j] - log(sum_k exp(in0[i, k]))",
+    "nll": "exact: out[i] = -in0[i, in1[i]] (in1 integer indices)",
+}
+
+
+@dataclass(frozen=True)
+class Step:
+    """One recorded operation of a step-wise implementation.
+
+    Attributes:
+        name: unique name within the trace ("x", "m", "d", "e", "s", "loss", ...).
+        op: the operation, a key of :data:`OPS` (its exact meaning is documented there).
+        inputs: the arrays the operation consumed, exactly as consumed: arrays of the format
+            (a (B,) reduction result appears as a (B, 1) view where it was broadcast) or
+            integer index arrays (gather/mask/nll).  References, not copies.
+        sources: for each input, the name of the step that produced it, or "logits" /
+            "targets" for the caller's arrays.
+        output: the computed array (format dtype; integer for argmax).
+    """
+
+    name: str
+    op: str
+    inputs: tuple[np.ndarray, ...]
+    sources: tuple[str, ...]
+    output: np.ndarray
+
+    def __post_init__(self) -> None:
+        if self.op not in OPS:
+            raise ValueError(f"unknown step op {self.op!r}; allowed: {', '.join(OPS)}")
+        if len(self.inputs) != len(self.sources):
+            raise ValueError("Step needs one source name per input")
+
+
+class Recorder:
+    """Appends Steps to ``trace`` when it is a list; returns the output either way."""
+
+    __slots__ = ("trace",)
+
+    def __init__(self, trace: "list | None") -> None:
+        if trace is not None and not isinstance(trace, list):
+            raise TypeError(f"trace must be a list or None, not {type(trace).__name__}")
+        self.trace = trace
+
+    def __call__(self, name: str, op: str, inputs: tuple, sources: tuple, output: Any) -> Any:
+        if self.trace is not None:
+            out_np = from_torch(output) if _is_torch(output) else np.asarray(output)
+            ins = tuple(from_torch(a) if _is_torch(a) else np.asarray(a) for a in inputs)
+            self.trace.append(Step(name, op, ins, tuple(sources), out_np))
+        return output
+
+
+def _is_torch(a: Any) -> bool:
+    return type(a).__module__.startswith("torch")
+
+
+def to_torch(a: np.ndarray, device: str = "cpu"):  # -> torch.Tensor
+    """A torch tensor on ``device`` sharing ``a``'s data where possible (ml_dtypes.bfloat16
+    through an int16 view, giving torch.bfloat16); the values are not changed."""
+    import torch
+
+    a = np.ascontiguousarray(a)
+    if a.dtype == get_format("bfloat16").np_dtype:
+        t = torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
+    else:
+        t = torch.from_numpy(a)
+    return t if device == "cpu" else t.to(device)
+
+
+def from_torch(t) -> np.ndarray:
+    """A numpy array of the tensor's values (ml_dtypes.bfloat16 for torch.bfloat16)."""
+    import torch
+
+    t = t.detach().cpu().contiguous()
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().view(get_format("bfloat16").np_dtype)
+    return t.numpy()
+
+
+def prepare(logits: np.ndarray, targets: np.ndarray, fmt: "str | Format",
+             rec: Recorder) -> tuple[np.ndarray, np.ndarray, Format, str]:
+    """Validate, and round logits once into fmt (a "cast" step) if they are of another dtype.
+
+    Returns (x, targets as int64, format, name of x's source: "logits" or "x" after a cast).
+    """
+    f = get_format(fmt)
+    logits = np.asarray(logits)
+    targets = np.asarray(targets)
+    if logits.ndim != 2:
+        raise ValueError(f"logits must be 2-D (B, V), got shape {logits.shape}")
+    if targets.shape != logits.shape[:1]:
+        raise ValueError(f"targets must have shape ({logits.shape[0]},), got {targets.shape}")
+    if targets.size and not np.issubdtype(targets.dtype, np.integer):
+        raise ValueError(f"targets must be integers, got dtype {targets.dtype}")
+    targets = targets.astype(np.int64)
+    if targets.size and (targets.min() < 0 or targets.max() >= logits.shape[1]):
+        raise ValueError(f"targets must lie in [0, {logits.shape[1]})")
+    if logits.dtype == f.np_dtype:
+        return logits, targets, f, "logits"
+    x = round_float64_array(logits.astype(np.float64), f)
+    return rec("x", "cast", (logits,), ("logits",), x), targets, f, "x"
+
+
+def take(a: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    return np.take_along_axis(a, idx[:, None], axis=-1)[:, 0]
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What an implementation supports, declared in its registry entry (never probed).
+
+    Attributes:
+        own_reduction: reduces "mean"/"sum" its own way (the function takes ``reduction=``);
+            otherwise the runner reduces the per-sample losses with the seed's loop
+            (:func:`precision_lab.numerics.sums.reduce_in_format`).
+        trace: records one :class:`Step` per operation when given ``trace=[]``.
+        devices: devices the function can run on (``device=``): ("cpu",) for numpy code,
+            ("cpu", "cuda") for torch code.
+        extra: the optional dependency group it needs (``pip install precision-lab[extra]``),
+            or None.
+    """
+
+    own_reduction: bool = False
+    trace: bool = False
+    devices: tuple[str, ...] = ("cpu",)
+    extra: "str | None" = None
+
+
+@dataclass(frozen=True)
+class Implementation:
+    """A named cross-entropy implementation; call it as ``impl(logits, targets, fmt)``.
+
+    Attributes:
+        key: registry key, or the import path it was loaded from.
+        function: ``(logits, targets, fmt, **keywords) -> np.ndarray``; the keywords it takes
+            are exactly the ones its :class:`Capabilities` declare (``trace``, ``reduction``,
+            ``device``).
+        description: one line.
+        capabilities: what it supports.
+    """
+
+    key: str
+    function: Callable[..., np.ndarray] = field(repr=False)
+    description: str
+    capabilities: Capabilities = Capabilities()
+
+    @property
+    def stepwise(self) -> bool:
+        """Whether it records :class:`Step` s (``capabilities.trace``)."""
+        return self.capabilities.trace
+
+    def __call__(self, logits: np.ndarray, targets: np.ndarray, fmt: "str | Format", *,
+                 trace: "list | None" = None, reduction: str = "none",
+                 device: str = "cpu") -> np.ndarray:
+        """Per-sample losses, shape (B,), of fmt's dtype; with ``reduction`` "mean" or "sum"
+        (only where ``capabilities.own_reduction``) one value, shape ().
+
+        Raises:
+            TypeError: a keyword the implementation does not declare (``trace`` without
+                ``capabilities.trace``, a reduction without ``own_reduction``, a device not in
+                ``devices``), or the function returned the wrong dtype or shape.
+        """
+        f = get_format(fmt)
+        caps = self.capabilities
+        kwargs: dict[str, Any] = {}
+        if trace is not None:
+            if not caps.trace:
+                raise TypeError(f"implementation {self.key!r} is not step-wise; it takes no trace")
+            kwargs["trace"] = trace
+        if reduction != "none":
+            if not caps.own_reduction:
+                raise TypeError(f"implementation {self.key!r} does not reduce its own way; "
+                                "reduce its per-sample losses instead")
+            kwargs["reduction"] = reduction
+        if device != "cpu":
+            if device.split(":")[0] not in caps.devices:
+                raise TypeError(f"implementation {self.key!r} runs on {', '.join(caps.devices)}, "
+                                f"not {device!r}")
+            kwargs["device"] = device
+        out = self.function(logits, targets, f, **kwargs)
+        if not isinstance(out, np.ndarray) or out.dtype != f.np_dtype:
+            got = out.dtype if isinstance(out, np.ndarray) else type(out).__name__
+            raise TypeError(f"implementation {self.key!r} returned {got}; expected a numpy "
+                            f"array of {f.np_dtype} for format {f.name}")
+        expected = (np.shape(logits)[0],) if reduction == "none" else ()
+        if out.shape != expected:
+            raise TypeError(f"implementation {self.key!r} returned shape {out.shape}; "
+                            f"expected {expected}")
+        return out

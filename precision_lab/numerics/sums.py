@@ -1,0 +1,79 @@
+"""Sums in a format's own arithmetic: the orders the implementations and the runner use.
+
+* :func:`pairwise_sum`: a fixed pairwise tree over the last axis, every addition rounded once
+  to the array's format (numpy's own ``np.sum`` is not: for float16 it accumulates in float32);
+* :func:`sequential_sum` / :func:`reduce_in_format`: left to right from 0, every partial sum
+  rounded to the format -- the seed's ``loss = loss + l_i`` loop -- and, for a mean, one
+  correctly rounded division by the count.
+"""
+
+from __future__ import annotations
+
+import math
+
+import mpmath
+import numpy as np
+
+from precision_lab.numerics.formats import Format, get_format, round_to
+
+__all__ = ["pairwise_sum", "sequential_sum", "reduce_in_format", "div_exact_int"]
+
+
+def pairwise_sum(x: np.ndarray) -> np.ndarray:
+    """Sum over the last axis in ``x``'s own arithmetic, in a fixed pairwise order.
+
+    Each pass adds adjacent pairs, (x0 + x1), (x2 + x3), ..., carrying an odd last element
+    up unchanged, until one value is left: for V = 5, ((x0 + x1) + (x2 + x3)) + x4.  Every
+    addition is one numpy ufunc call on arrays of x's dtype, so it is rounded once to that
+    format (see the module docstring for float16/bfloat16).  Error bound about
+    ceil(log2 V) * u * sum|x_j|.  V = 0 gives 0.  Returns shape x.shape[:-1].
+    """
+    x = np.asarray(x)
+    if x.shape[-1] == 0:
+        return np.zeros(x.shape[:-1], dtype=x.dtype)
+    while x.shape[-1] > 1:
+        n = x.shape[-1]
+        h = n // 2
+        s = x[..., 0 : 2 * h : 2] + x[..., 1 : 2 * h : 2]
+        if n % 2:
+            s = np.concatenate([s, x[..., n - 1 :]], axis=-1)
+        x = s
+    return x[..., 0]
+
+
+def sequential_sum(values: np.ndarray, fmt: "str | Format") -> np.generic:
+    """Sum ``values`` left to right from 0 in ``fmt``'s arithmetic (every partial sum rounded
+    to the format).  Overflow gives inf, an inf - inf gives NaN, as the hardware would."""
+    f = get_format(fmt)
+    t = f.np_dtype.type
+    acc = t(0.0)
+    with np.errstate(all="ignore"):
+        for v in np.asarray(values, dtype=f.np_dtype).ravel():
+            acc = t(acc + v)
+    return acc
+
+
+def div_exact_int(acc: np.generic, n: int, fmt: "str | Format") -> np.generic:
+    """``acc / n`` rounded once, correctly, to ``fmt`` (``n`` an exact positive integer);
+    inf and NaN pass through as IEEE division would give them."""
+    f = get_format(fmt)
+    v = float(acc)
+    if not math.isfinite(v):
+        return f.np_dtype.type(v / n)
+    with mpmath.workprec(256):
+        return round_to(mpmath.mpf(v) / n, f)
+
+
+def reduce_in_format(losses: np.ndarray, reduction: str, fmt: "str | Format") -> np.generic:
+    """Sum ``losses`` left to right from 0 in ``fmt``'s arithmetic (every partial sum rounded
+    to the format), then for "mean" divide by their number with one correct rounding.
+
+    This is the seed's loop ``loss = 0.; loss = loss + l_i; loss = loss / n``.  (The seed
+    adds the log terms and negates at the end; rounding to nearest is symmetric, so adding the
+    negated terms gives the negated sum bit for bit.)"""
+    acc = sequential_sum(losses, fmt)
+    if reduction == "sum":
+        return acc
+    if reduction == "mean":
+        return div_exact_int(acc, len(np.asarray(losses).ravel()), fmt)
+    raise ValueError(f"unknown reduction {reduction!r}; allowed: none, mean, sum")

@@ -1,0 +1,1 @@
+"""Studies beyond one experiment config: CPU kernel sets, torch on a GPU."""
