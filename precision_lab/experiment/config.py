@@ -23,37 +23,18 @@ An experiment is a TOML file (see ``experiments/*.toml``)::
     b = "torch_manual"
     abs_tol = 1e-15
 
-Generators (``[inputs] generator = ...``) and their parameters:
+Generators (``[inputs] generator = ...``) and their parameters: see
+:mod:`precision_lab.experiment.inputs`.
 
-* ``uniform``: ``low`` (0.0), ``high`` (1.0): logits uniform in [low, high).
-* ``normal``: ``mean`` (0.0), ``scale`` (1.0): logits mean + scale * N(0, 1).
-* ``confident``: ``scale`` (1.0), ``margin`` (10.0): logits scale * N(0, 1), then the target's
-  logit is set to (max of the row) + margin, so the prediction is right and confident.
-* ``large``: ``format`` ("float16"), ``fraction`` (0.5): logits uniform in
-  [-fraction, fraction) * max_finite(format), magnitudes near the format's range.
-* ``fixed``: ``logits`` (one row or a list of rows), ``targets`` (an int or a list): one batch.
-* ``torch_rand_protocol``: the seed answer's protocol exactly: a torch generator seeded with
-  ``seed``; per batch ``x = torch.rand(B, C)`` then ``y = torch.randint(0, C, (B,))``, float32.
-* ``file``: ``logits``, ``targets``: paths (relative to the config file) of ``.npy`` or
-  ``.pt`` files; logits of shape (N, C) (cut into batches of ``batch_size`` rows, default N)
-  or (S, B, C); targets of shape (N,) or (S, B).
-
-Targets of the random generators are uniform over the C classes (numpy), drawn after the
-logits of the whole sweep point.
+``nonfinite`` ("refuse" by default, or "allow"): whether NaN and infinite logits in ``fixed``
+or ``file`` data are measured (their losses follow the reference's non-finite rules) or refused.
 
 Sweeps: every numeric parameter -- ``classes``, ``batch_size``, ``samples``, ``seed`` and the
 generator's numbers -- may be a list; lists expand into the cartesian product, one sweep
 point per combination, the first listed axis varying slowest.  Each point's parameters are
 recorded in the manifest, and the swept ones as columns of every table.
 
-Determinism and formats: each sweep point's inputs come from ``numpy.random.Generator(
-PCG64(seed))`` (a fresh generator per point, so points that differ only in a scale share their
-underlying random numbers), or from a ``torch.Generator`` seeded with ``seed`` for the torch
-protocol.  Inputs are generated ONCE per point, in float64 (float32 for the torch protocol),
-and then rounded correctly (round to nearest, ties to even) to each format.  So the formats
-see slightly different exact inputs; the reference for a format is always computed from the
-exact values that format's implementations saw, so the error measured is the implementation's
-own, not the input rounding.
+Determinism and formats: see :mod:`precision_lab.experiment.inputs`.
 """
 
 from __future__ import annotations
@@ -67,12 +48,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
+from precision_lab.experiment.errors import ConfigError
+from precision_lab.experiment.inputs import (GENERATORS, ConfidentInputs, FileInputs, FixedInputs,
+                                             Generator, InputBatch, Int, LargeInputs,
+                                             NormalInputs, Num, StrictModel, TorchRandInputs,
+                                             UniformInputs)
+from precision_lab.implementations import REGISTRY, get_implementation
 from precision_lab.numerics.formats import FORMAT_NAMES, get_format
 
 __all__ = [
     "ConfigError",
+    "generate",
     "ExperimentConfig",
     "CompareConfig",
     "GENERATORS",
@@ -86,86 +74,8 @@ __all__ = [
     "bundled_experiments_dir",
 ]
 
-Num = Union[float, list[float]]
-Int = Union[int, list[int]]
-
 #: Top-level numeric keys that may be swept, in axis order.
 TOP_NUMERIC = ("classes", "batch_size", "samples", "seed")
-
-
-class ConfigError(Exception):
-    """A bad config: names the file, the key, what is wrong and the allowed values."""
-
-    def __init__(self, file: "str | Path | None", key: str | None, problem: str,
-                 allowed: "list[str] | tuple[str, ...] | str | None" = None):
-        self.file = str(file) if file is not None else "<config>"
-        self.key = key
-        self.problem = problem
-        self.allowed = allowed
-        super().__init__(str(self))
-
-    def __str__(self) -> str:
-        where = f"{self.file}: " + (f"key '{self.key}': " if self.key else "")
-        msg = where + self.problem
-        if self.allowed:
-            allowed = self.allowed if isinstance(self.allowed, str) else ", ".join(self.allowed)
-            msg += f" (allowed: {allowed})"
-        return msg
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
-
-
-class UniformInputs(_Model):
-    generator: Literal["uniform"]
-    low: Num = 0.0
-    high: Num = 1.0
-
-
-class NormalInputs(_Model):
-    generator: Literal["normal"]
-    mean: Num = 0.0
-    scale: Num = 1.0
-
-
-class ConfidentInputs(_Model):
-    generator: Literal["confident"]
-    scale: Num = 1.0
-    margin: Num = 10.0
-
-
-class LargeInputs(_Model):
-    generator: Literal["large"]
-    format: str = "float16"
-    fraction: Num = 0.5
-
-
-class FixedInputs(_Model):
-    generator: Literal["fixed"]
-    logits: Union[list[float], list[list[float]]]
-    targets: Union[int, list[int]]
-
-
-class TorchRandInputs(_Model):
-    generator: Literal["torch_rand_protocol"]
-
-
-class FileInputs(_Model):
-    generator: Literal["file"]
-    logits: str
-    targets: str
-
-
-GENERATORS: dict[str, type[_Model]] = {
-    "uniform": UniformInputs,
-    "normal": NormalInputs,
-    "confident": ConfidentInputs,
-    "large": LargeInputs,
-    "fixed": FixedInputs,
-    "torch_rand_protocol": TorchRandInputs,
-    "file": FileInputs,
-}
 
 Inputs = Annotated[
     Union[UniformInputs, NormalInputs, ConfidentInputs, LargeInputs, FixedInputs,
@@ -174,7 +84,7 @@ Inputs = Annotated[
 ]
 
 
-class CompareConfig(_Model):
+class CompareConfig(StrictModel):
     """A pairwise check like the seed's: share of |a - b| < abs_tol, per format."""
 
     a: str
@@ -183,7 +93,7 @@ class CompareConfig(_Model):
     formats: Union[list[str], None] = None  # default: every format of the experiment
 
 
-class ExperimentConfig(_Model):
+class ExperimentConfig(StrictModel):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")]
     question: str
     description: str = ""
@@ -196,6 +106,7 @@ class ExperimentConfig(_Model):
     formats: Union[Literal["all"], list[str]] = "all"
     implementations: Union[Literal["all"], list[str]] = "all"
     reduction: Literal["none", "mean", "sum"] = "none"
+    nonfinite: Literal["refuse", "allow"] = "refuse"
     compare: Union[CompareConfig, None] = None
 
 
@@ -218,9 +129,9 @@ def _describe(annotation: Any) -> str:
     return s
 
 
-def _model_for(loc: tuple) -> tuple[type[_Model], list[str], str | None]:
+def _model_for(loc: tuple) -> tuple[type[StrictModel], list[str], str | None]:
     """Walk an error location: (model at the deepest named section, dotted key parts, field)."""
-    model: type[_Model] = ExperimentConfig
+    model: type[StrictModel] = ExperimentConfig
     keys: list[str] = []
     i = 0
     while i < len(loc):
@@ -300,10 +211,6 @@ def _from_validation_error(file: Path | str, err: ValidationError) -> ConfigErro
 
 
 def _registry_keys() -> list[str]:
-    try:
-        from precision_lab.implementations import REGISTRY
-    except ImportError:
-        return []
     return list(REGISTRY)
 
 
@@ -349,8 +256,6 @@ def format_names(cfg: ExperimentConfig) -> list[str]:
 
 def implementation_keys(cfg: ExperimentConfig) -> list[str]:
     if cfg.implementations == "all":
-        from precision_lab.implementations import REGISTRY
-
         return list(REGISTRY)
     return list(dict.fromkeys(cfg.implementations))
 
@@ -377,10 +282,6 @@ def _check(cfg: ExperimentConfig, path: Path) -> None:
     if len(set(format_names(cfg))) != len(format_names(cfg)):
         raise ConfigError(path, "formats", "a format is listed twice")
 
-    try:
-        from precision_lab.implementations import REGISTRY, get_implementation
-    except ImportError as exc:  # the package is broken, not the config
-        raise ConfigError(path, "implementations", f"cannot import the registry ({exc})") from None
     allowed_impls = ["all", *REGISTRY, "or 'package.module:function'"]
     if cfg.implementations != "all":
         if not cfg.implementations:
@@ -412,16 +313,16 @@ def _check(cfg: ExperimentConfig, path: Path) -> None:
                 raise ConfigError(path, "compare.formats", f"{f!r} is not run by this experiment",
                                   format_names(cfg))
 
-    gen = cfg.inputs.generator
-    not_used = {"fixed": ("classes", "batch_size", "samples"), "file": ("classes", "samples")}
+    gen = cfg.inputs
+    name = gen.generator
     for key in TOP_NUMERIC[:3]:
         val = getattr(cfg, key)
         if val is None:
-            if key == "classes" and gen not in not_used:
-                raise ConfigError(path, "classes", f"required for generator {gen!r}")
+            if key == "classes" and "classes" not in gen.TOP_KEYS_UNUSED:
+                raise ConfigError(path, "classes", f"required for generator {name!r}")
             continue
-        if key in not_used.get(gen, ()):
-            raise ConfigError(path, key, f"not used with generator {gen!r} (the data decide "
+        if key in gen.TOP_KEYS_UNUSED:
+            raise ConfigError(path, key, f"not used with generator {name!r} (the data decide "
                               "it); remove the key")
         vals = _as_list(val)
         if not vals:
@@ -432,48 +333,9 @@ def _check(cfg: ExperimentConfig, path: Path) -> None:
     for v in _as_list(cfg.seed):
         if v < 0:
             raise ConfigError(path, "seed", f"must be >= 0, got {v}")
-    for name, val in cfg.inputs:
-        if isinstance(val, list) and not val and name not in ("logits", "targets"):
-            raise ConfigError(path, f"inputs.{name}", "empty list")
-        if name in ("low", "high", "mean", "scale", "margin", "fraction") and isinstance(
-                val, (int, float, list)):
-            for v in _as_list(val):
-                if not math.isfinite(v):
-                    raise ConfigError(path, f"inputs.{name}", f"must be finite, got {v}")
-    if gen == "uniform":
-        for lo, hi in itertools.product(_as_list(cfg.inputs.low), _as_list(cfg.inputs.high)):
-            if not lo < hi:
-                raise ConfigError(path, "inputs.low", f"needs low < high, got [{lo}, {hi})")
-    if gen == "large":
-        try:
-            get_format(cfg.inputs.format)
-        except ValueError:
-            raise ConfigError(path, "inputs.format", f"unknown format {cfg.inputs.format!r}",
-                              FORMAT_NAMES) from None
-        for v in _as_list(cfg.inputs.fraction):
-            if not 0 < v <= 1:
-                raise ConfigError(path, "inputs.fraction", f"must be in (0, 1], got {v}")
-    if gen in ("normal", "confident"):
-        for v in _as_list(cfg.inputs.scale):
-            if v < 0:
-                raise ConfigError(path, "inputs.scale", f"must be >= 0, got {v}")
-    if gen == "fixed":
-        from precision_lab.experiment.inputs import fixed_arrays
-
-        try:
-            fixed_arrays(cfg.inputs)
-        except ValueError as exc:
-            raise ConfigError(path, "inputs.logits", str(exc)) from None
-    if gen == "file":
-        from precision_lab.experiment.inputs import load_file_arrays
-
-        try:
-            load_file_arrays(cfg, path.parent)
-        except ConfigError as exc:
-            exc.file = str(path)
-            raise
-        except Exception as exc:  # noqa: BLE001
-            raise ConfigError(path, "inputs", f"cannot load the data ({exc})") from None
+    gen.check(path, cfg.nonfinite)
+    if isinstance(gen, FileInputs):
+        gen.check_data(path, cfg.nonfinite, cfg.batch_size)
 
 
 # --------------------------------------------------------------------------- sweeps
@@ -489,12 +351,7 @@ class SweepPoint:
 
 def _numeric_params(cfg: ExperimentConfig) -> list[tuple[str, Any]]:
     out = [(k, getattr(cfg, k)) for k in TOP_NUMERIC if getattr(cfg, k) is not None]
-    if cfg.inputs.generator not in ("fixed", "file"):
-        for k, v in cfg.inputs:
-            if k in ("generator", "format"):
-                continue
-            out.append((k, v))
-    return out
+    return out + cfg.inputs.numeric_params()
 
 
 def sweep_axes(cfg: ExperimentConfig) -> list[str]:
@@ -527,13 +384,7 @@ def resolved_config(cfg: ExperimentConfig) -> dict:
     d["implementations"] = implementation_keys(cfg)
     if cfg.compare is not None:
         d["compare"]["formats"] = compare_formats(cfg)
-    if cfg.inputs.generator == "large":
-        d["inputs"]["format"] = get_format(cfg.inputs.format).name
-    if cfg.inputs.generator == "file":
-        base = source_of(cfg).parent
-        for key in ("logits", "targets"):
-            p = base / getattr(cfg.inputs, key)
-            d["inputs"][f"{key}_sha256"] = hashlib.sha256(p.read_bytes()).hexdigest()
+    d["inputs"].update(cfg.inputs.resolved(source_of(cfg).parent))
     d["sweep_axes"] = sweep_axes(cfg)
     return d
 
@@ -555,3 +406,8 @@ def bundled_experiments_dir() -> Path | None:
             return cand
     return None
 
+
+
+def generate(cfg: ExperimentConfig, point: SweepPoint) -> InputBatch:
+    """All batches of one sweep point (see :mod:`precision_lab.experiment.inputs`)."""
+    return cfg.inputs.generate(point.params, source_of(cfg).parent)

@@ -1,44 +1,281 @@
-"""Input generators: logits and targets for one sweep point, deterministic from the seed.
+"""Input generators: each one a config model that validates and generates itself.
 
-:func:`generate` returns an :class:`InputBatch` of ``samples`` batches, logits of shape
-(S, B, C) in float64 (float32 for the torch protocol, and for file data its stored dtype
-widened exactly to float64 unless it is float32) and int64 targets of shape (S, B).
-:func:`to_format` rounds the logits once, correctly, to a format; the runner computes each
-format's reference from exactly those rounded values.  See :mod:`precision_lab.experiment.config` for
-the generators' parameters.
+A generator is the ``[inputs]`` table of a config (``generator = "<name>"``); its class declares
+its parameters (pydantic fields; numeric ones may be lists, which become sweep axes), checks
+what types cannot (:meth:`Generator.check`), and produces the logits and targets of one sweep
+point (:meth:`Generator.generate`).  Code branches on these classes, never on name strings.
+
+=========================  =================================================================
+``uniform``                ``low`` (0.0), ``high`` (1.0): logits uniform in [low, high)
+``normal``                 ``mean`` (0.0), ``scale`` (1.0): logits mean + scale * N(0, 1)
+``confident``              ``scale`` (1.0), ``margin`` (10.0): logits scale * N(0, 1), then the
+                           target's logit set to the row's largest other logit + margin
+``large``                  ``format`` ("float16"), ``fraction`` (0.5): logits uniform in
+                           [-fraction, fraction) * max_finite(format)
+``fixed``                  ``logits`` (one row or a list of rows), ``targets`` (an int or a
+                           list): one batch
+``torch_rand_protocol``    the seed answer's protocol: a torch generator seeded with ``seed``;
+                           per batch ``x = torch.rand(B, C)`` then ``y = torch.randint(0, C,
+                           (B,))``, float32
+``file``                   ``logits``, ``targets``: ``.npy`` or ``.pt`` files, paths relative
+                           to the config file's folder; logits (N, C) cut into batches of
+                           ``batch_size`` rows (default: all N rows in one batch) or already
+                           batched (S, B, C); targets (N,) or (S, B) integers in [0, C)
+=========================  =================================================================
+
+Targets of the random generators are uniform over the C classes (numpy), drawn after the
+logits of the whole sweep point, from ``numpy.random.Generator(PCG64(seed))`` -- a fresh
+generator per point, so points that differ only in a scale share their random numbers.
+Inputs are generated once per point, in float64 (float32 for the torch protocol; a file's own
+dtype widened exactly), and rounded once, correctly, to each format (:func:`to_format`).
+
+NaN and infinite logits (``fixed`` and ``file`` data) are refused unless the config says
+``nonfinite = "allow"``: the error names the file (or key), the row and the column.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal, Union
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict
 
-from precision_lab.experiment.config import ConfigError, ExperimentConfig, SweepPoint, source_of
-from precision_lab.numerics.formats import Format, get_format, round_float64_array
+from precision_lab.experiment.errors import ConfigError
+from precision_lab.numerics.formats import FORMAT_NAMES, Format, get_format, round_float64_array
 
-__all__ = ["InputBatch", "generate", "to_format", "fixed_arrays", "load_file_arrays",
-           "torch_rand_protocol"]
+__all__ = ["Num", "Int", "InputBatch", "Generator", "GENERATORS", "to_format",
+           "torch_rand_protocol", "check_finite", "load_array"]
+
+Num = Union[float, list[float]]
+Int = Union[int, list[int]]
+
+
+class StrictModel(BaseModel):
+    """Config models: strict types, unknown keys refused, immutable."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
 
 @dataclass(frozen=True)
 class InputBatch:
-    logits: np.ndarray   # (S, B, C), float64 or float32
-    targets: np.ndarray  # (S, B), int64
+    """The inputs of one sweep point: logits (S, B, C) and int64 targets (S, B)."""
+
+    logits: np.ndarray
+    targets: np.ndarray
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        return tuple(self.logits.shape)  # type: ignore[return-value]
+        s, b, c = self.logits.shape
+        return int(s), int(b), int(c)
 
 
 def to_format(logits: np.ndarray, fmt: "str | Format") -> np.ndarray:
-    """Round logits correctly (once, ties to even) to ``fmt``'s dtype."""
+    """Round logits correctly (once, ties to even) to ``fmt``'s dtype (a copy)."""
     f = get_format(fmt)
     if logits.dtype == f.np_dtype:
         return logits.copy()
     return round_float64_array(logits.astype(np.float64), f)
+
+
+def _as_list(v: Any) -> list:
+    return list(v) if isinstance(v, list) else [v]
+
+
+def check_finite(logits: np.ndarray, where: str, key: str) -> None:
+    """Raise :class:`ConfigError` naming the first NaN or infinite logit (row, column)."""
+    bad = ~np.isfinite(np.asarray(logits, dtype=np.float64))
+    if bad.any():
+        idx = np.argwhere(bad)[0]
+        v = float(np.asarray(logits, dtype=np.float64)[tuple(idx)])
+        pos = ", ".join(f"{n} {int(i)}" for n, i in
+                        zip(("batch", "row", "column")[-len(idx):], idx))
+        raise ConfigError(where, key, f"{v} at {pos} ({int(bad.sum())} non-finite value(s) in "
+                          "all); NaN and infinite logits are refused unless the config says "
+                          'nonfinite = "allow"')
+
+
+class Generator(StrictModel):
+    """Base of the generators.  Subclasses declare ``generator: Literal[name]`` and their
+    parameters; ``TOP_KEYS_UNUSED`` names top-level keys the generator's data decide."""
+
+    TOP_KEYS_UNUSED: ClassVar[tuple[str, ...]] = ()
+    #: Parameters that are numbers (and may be swept); "format" and paths are not.
+    NUMERIC: ClassVar[tuple[str, ...]] = ()
+
+    def numeric_params(self) -> list[tuple[str, Any]]:
+        """(name, value or list) of the sweepable parameters, in declaration order."""
+        return [(k, getattr(self, k)) for k in self.NUMERIC]
+
+    def check(self, path: Path, nonfinite: str) -> None:
+        """Checks beyond types (ranges, data files); raise :class:`ConfigError`."""
+        for name in self.NUMERIC:
+            val = getattr(self, name)
+            if isinstance(val, list) and not val:
+                raise ConfigError(path, f"inputs.{name}", "empty list")
+            for v in _as_list(val):
+                if not math.isfinite(v):
+                    raise ConfigError(path, f"inputs.{name}", f"must be finite, got {v}")
+
+    def resolved(self, base: Path) -> dict[str, Any]:
+        """Extra entries of the resolved config (e.g. data files' sha256)."""
+        return {}
+
+    def generate(self, params: dict[str, Any], base: Path) -> InputBatch:  # pragma: no cover
+        raise NotImplementedError
+
+    @staticmethod
+    def _shape(params: dict[str, Any]) -> tuple[int, int, int]:
+        return (int(params.get("samples") or 1), int(params.get("batch_size") or 1),
+                int(params["classes"]))
+
+    @staticmethod
+    def _rng(params: dict[str, Any]) -> np.random.Generator:
+        return np.random.Generator(np.random.PCG64(int(params["seed"])))
+
+    @staticmethod
+    def _targets(rng: np.random.Generator, shape: tuple[int, int, int]) -> np.ndarray:
+        S, B, C = shape
+        return rng.integers(0, C, size=(S, B), dtype=np.int64)
+
+
+class UniformInputs(Generator):
+    generator: Literal["uniform"]
+    low: Num = 0.0
+    high: Num = 1.0
+    NUMERIC: ClassVar[tuple[str, ...]] = ("low", "high")
+
+    def check(self, path: Path, nonfinite: str) -> None:
+        super().check(path, nonfinite)
+        for lo in _as_list(self.low):
+            for hi in _as_list(self.high):
+                if not lo < hi:
+                    raise ConfigError(path, "inputs.low", f"needs low < high, got [{lo}, {hi})")
+
+    def generate(self, params: dict[str, Any], base: Path) -> InputBatch:
+        shape = self._shape(params)
+        rng = self._rng(params)
+        x = rng.uniform(float(params["low"]), float(params["high"]), size=shape)
+        return InputBatch(np.ascontiguousarray(x), self._targets(rng, shape))
+
+
+class NormalInputs(Generator):
+    generator: Literal["normal"]
+    mean: Num = 0.0
+    scale: Num = 1.0
+    NUMERIC: ClassVar[tuple[str, ...]] = ("mean", "scale")
+
+    def check(self, path: Path, nonfinite: str) -> None:
+        super().check(path, nonfinite)
+        for v in _as_list(self.scale):
+            if v < 0:
+                raise ConfigError(path, "inputs.scale", f"must be >= 0, got {v}")
+
+    def generate(self, params: dict[str, Any], base: Path) -> InputBatch:
+        shape = self._shape(params)
+        rng = self._rng(params)
+        x = float(params["mean"]) + float(params["scale"]) * rng.standard_normal(size=shape)
+        return InputBatch(np.ascontiguousarray(x), self._targets(rng, shape))
+
+
+class ConfidentInputs(Generator):
+    generator: Literal["confident"]
+    scale: Num = 1.0
+    margin: Num = 10.0
+    NUMERIC: ClassVar[tuple[str, ...]] = ("scale", "margin")
+
+    def check(self, path: Path, nonfinite: str) -> None:
+        super().check(path, nonfinite)
+        for v in _as_list(self.scale):
+            if v < 0:
+                raise ConfigError(path, "inputs.scale", f"must be >= 0, got {v}")
+
+    def generate(self, params: dict[str, Any], base: Path) -> InputBatch:
+        S, B, C = shape = self._shape(params)
+        rng = self._rng(params)
+        x = float(params["scale"]) * rng.standard_normal(size=shape)
+        y = self._targets(rng, shape)
+        if C > 1:
+            others = x.copy()
+            np.put_along_axis(others, y[..., None], -np.inf, axis=-1)
+            top = others.max(axis=-1)
+        else:
+            top = np.zeros((S, B))
+        np.put_along_axis(x, y[..., None], (top + float(params["margin"]))[..., None], axis=-1)
+        return InputBatch(np.ascontiguousarray(x), y)
+
+
+class LargeInputs(Generator):
+    generator: Literal["large"]
+    format: str = "float16"
+    fraction: Num = 0.5
+    NUMERIC: ClassVar[tuple[str, ...]] = ("fraction",)
+
+    def check(self, path: Path, nonfinite: str) -> None:
+        super().check(path, nonfinite)
+        try:
+            get_format(self.format)
+        except ValueError:
+            raise ConfigError(path, "inputs.format", f"unknown format {self.format!r}",
+                              FORMAT_NAMES) from None
+        for v in _as_list(self.fraction):
+            if not 0 < v <= 1:
+                raise ConfigError(path, "inputs.fraction", f"must be in (0, 1], got {v}")
+
+    def resolved(self, base: Path) -> dict[str, Any]:
+        return {"format": get_format(self.format).name}
+
+    def generate(self, params: dict[str, Any], base: Path) -> InputBatch:
+        shape = self._shape(params)
+        rng = self._rng(params)
+        top = get_format(self.format).max_finite * float(params["fraction"])
+        x = rng.uniform(-1.0, 1.0, size=shape) * top
+        return InputBatch(np.ascontiguousarray(x), self._targets(rng, shape))
+
+
+class FixedInputs(Generator):
+    generator: Literal["fixed"]
+    logits: Union[list[float], list[list[float]]]
+    targets: Union[int, list[int]]
+    TOP_KEYS_UNUSED: ClassVar[tuple[str, ...]] = ("classes", "batch_size", "samples")
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """Logits (1, B, C) float64 and targets (1, B) int64; ValueError on bad shapes."""
+        logits = np.asarray(self.logits, dtype=np.float64)
+        if logits.ndim == 1:
+            logits = logits[None, :]
+        if logits.ndim != 2 or logits.shape[1] == 0 or logits.shape[0] == 0:
+            raise ValueError("logits must be one non-empty row or a list of rows of equal "
+                             "length")
+        targets = np.atleast_1d(np.asarray(self.targets, dtype=np.int64))
+        if targets.ndim != 1 or len(targets) != logits.shape[0]:
+            raise ValueError(f"{logits.shape[0]} row(s) of logits but {targets.size} "
+                             "target(s)")
+        if (targets < 0).any() or (targets >= logits.shape[1]).any():
+            raise ValueError(f"targets must be class indices in [0, {logits.shape[1]})")
+        return logits[None], targets[None]
+
+    def check(self, path: Path, nonfinite: str) -> None:
+        try:
+            logits, _ = self.arrays()
+        except ValueError as exc:
+            raise ConfigError(path, "inputs.logits", str(exc)) from None
+        if nonfinite != "allow":
+            check_finite(logits[0], str(path), "inputs.logits")
+
+    def generate(self, params: dict[str, Any], base: Path) -> InputBatch:
+        x, y = self.arrays()
+        return InputBatch(x, y)
+
+
+class TorchRandInputs(Generator):
+    generator: Literal["torch_rand_protocol"]
+
+    def generate(self, params: dict[str, Any], base: Path) -> InputBatch:
+        S, B, C = self._shape(params)
+        return torch_rand_protocol(int(params["seed"]), S, B, C)
 
 
 def torch_rand_protocol(seed: int, samples: int, batch_size: int, classes: int) -> InputBatch:
@@ -58,22 +295,12 @@ def torch_rand_protocol(seed: int, samples: int, batch_size: int, classes: int) 
                       torch.stack(ys).numpy().astype(np.int64))
 
 
-def fixed_arrays(inputs: Any) -> tuple[np.ndarray, np.ndarray]:
-    """The ``fixed`` generator's one batch: logits (1, B, C) float64, targets (1, B) int64."""
-    logits = np.asarray(inputs.logits, dtype=np.float64)
-    if logits.ndim == 1:
-        logits = logits[None, :]
-    if logits.ndim != 2 or logits.shape[1] == 0 or logits.shape[0] == 0:
-        raise ValueError("logits must be one non-empty row or a list of rows of equal length")
-    targets = np.atleast_1d(np.asarray(inputs.targets, dtype=np.int64))
-    if targets.ndim != 1 or len(targets) != logits.shape[0]:
-        raise ValueError(f"{logits.shape[0]} row(s) of logits but {targets.size} target(s)")
-    if (targets < 0).any() or (targets >= logits.shape[1]).any():
-        raise ValueError(f"targets must be class indices in [0, {logits.shape[1]})")
-    return logits[None], targets[None]
+def load_array(path: Path) -> np.ndarray:
+    """A ``.npy`` or ``.pt`` file's array (bfloat16 tensors widened exactly to float32).
 
-
-def _load_array(path: Path) -> np.ndarray:
+    Raises:
+        ValueError: unsupported suffix, unreadable file, or a ``.pt`` that is not one tensor.
+    """
     if path.suffix == ".npy":
         return np.load(path, allow_pickle=False)
     if path.suffix in (".pt", ".pth"):
@@ -88,81 +315,83 @@ def _load_array(path: Path) -> np.ndarray:
     raise ValueError(f"unsupported file type {path.suffix!r}; use .npy or .pt")
 
 
-def load_file_arrays(cfg: ExperimentConfig, base: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Load the ``file`` generator's data: logits (N, C) or (S, B, C), targets (N,) or (S, B).
+class FileInputs(Generator):
+    generator: Literal["file"]
+    logits: str
+    targets: str
+    TOP_KEYS_UNUSED: ClassVar[tuple[str, ...]] = ("classes", "samples")
 
-    Paths are relative to the config file's folder (``base``).  Raises :class:`ConfigError`
-    naming the key on a missing, unreadable or badly shaped file."""
-    base = source_of(cfg).parent if base is None else base
-    src = source_of(cfg)
-    arrays = {}
-    for key in ("logits", "targets"):
-        p = base / getattr(cfg.inputs, key)
-        try:
-            arrays[key] = _load_array(p)
-        except Exception as exc:  # noqa: BLE001 - every failure is the same config error
-            raise ConfigError(src, f"inputs.{key}", f"cannot load {str(p)!r} ({exc})",
-                              ".npy or .pt file, path relative to the config file") from None
-    x, y = arrays["logits"], arrays["targets"]
-    if x.ndim not in (2, 3) or not np.issubdtype(x.dtype, np.floating) or 0 in x.shape:
-        raise ConfigError(src, "inputs.logits", f"expected floating logits of shape (N, C) or "
-                          f"(S, B, C), got {x.dtype} {x.shape}")
-    if not np.issubdtype(y.dtype, np.integer) or y.shape != x.shape[:-1]:
-        raise ConfigError(src, "inputs.targets", f"expected integer targets of shape "
-                          f"{x.shape[:-1]}, got {y.dtype} {y.shape}")
-    if (y < 0).any() or (y >= x.shape[-1]).any():
-        raise ConfigError(src, "inputs.targets", f"class indices must be in [0, {x.shape[-1]})")
-    if x.ndim == 3 and cfg.batch_size is not None:
-        raise ConfigError(src, "batch_size", "the logits file is already batched (S, B, C); "
-                          "remove the key")
-    if x.ndim == 2 and cfg.batch_size is not None:
-        for b in (cfg.batch_size if isinstance(cfg.batch_size, list) else [cfg.batch_size]):
-            if x.shape[0] % b:
-                raise ConfigError(src, "batch_size", f"{b} does not divide the {x.shape[0]} rows "
-                                  "of the logits file")
-    return x, y
+    def load(self, base: Path, source: "Path | str" = "<config>",
+             batch_size: "int | list[int] | None" = None) -> tuple[np.ndarray, np.ndarray]:
+        """Load and check the data: logits (N, C) or (S, B, C), targets (N,) or (S, B).
 
+        Raises :class:`ConfigError` naming the key on a missing, unreadable or badly shaped
+        file."""
+        arrays = {}
+        for key in ("logits", "targets"):
+            p = base / getattr(self, key)
+            try:
+                arrays[key] = load_array(p)
+            except Exception as exc:  # noqa: BLE001 - every failure is the same config error
+                raise ConfigError(source, f"inputs.{key}", f"cannot load {str(p)!r} ({exc})",
+                                  ".npy or .pt file, path relative to the config file") from None
+        x, y = arrays["logits"], arrays["targets"]
+        what = f"{self.logits!r}"
+        if 0 in x.shape:
+            raise ConfigError(source, "inputs.logits", f"{what} is empty (shape {x.shape}); it "
+                              "needs at least one row and one class")
+        if x.ndim not in (2, 3) or not np.issubdtype(x.dtype, np.floating):
+            raise ConfigError(source, "inputs.logits", f"{what} holds {x.dtype} of shape "
+                              f"{x.shape}; expected floating logits of shape (N, C) or "
+                              "(S, B, C)")
+        if not np.issubdtype(y.dtype, np.integer) or y.shape != x.shape[:-1]:
+            raise ConfigError(source, "inputs.targets", f"expected integer targets of shape "
+                              f"{x.shape[:-1]}, got {y.dtype} {y.shape}")
+        if (y < 0).any() or (y >= x.shape[-1]).any():
+            raise ConfigError(source, "inputs.targets",
+                              f"class indices must be in [0, {x.shape[-1]})")
+        if x.ndim == 3 and batch_size is not None:
+            raise ConfigError(source, "batch_size", "the logits file is already batched "
+                              "(S, B, C); remove the key")
+        if x.ndim == 2 and batch_size is not None:
+            for b in _as_list(batch_size):
+                if x.shape[0] % b:
+                    raise ConfigError(source, "batch_size", f"{b} does not divide the "
+                                      f"{x.shape[0]} rows of the logits file")
+        return x, y
 
-def generate(cfg: ExperimentConfig, point: SweepPoint) -> InputBatch:
-    """All batches of one sweep point."""
-    p = point.params
-    gen = cfg.inputs.generator
-    if gen == "fixed":
-        x, y = fixed_arrays(cfg.inputs)
-        return InputBatch(x, y)
-    if gen == "file":
-        x, y = load_file_arrays(cfg)
+    def check(self, path: Path, nonfinite: str) -> None:  # the runner passes batch_size
+        pass
+
+    def check_data(self, path: Path, nonfinite: str, batch_size: Any) -> None:
+        x, _ = self.load(path.parent, path, batch_size)
+        if nonfinite != "allow":
+            check_finite(x, f"{path}: {self.logits}", "inputs.logits")
+
+    def resolved(self, base: Path) -> dict[str, Any]:
+        import hashlib
+
+        return {f"{k}_sha256": hashlib.sha256((base / getattr(self, k)).read_bytes()).hexdigest()
+                for k in ("logits", "targets")}
+
+    def generate(self, params: dict[str, Any], base: Path) -> InputBatch:
+        x, y = self.load(base)
         if x.dtype not in (np.float32, np.float64):
             x = x.astype(np.float64)  # float16 / bfloat16 widen exactly
         if x.ndim == 2:
-            b = int(p.get("batch_size") or x.shape[0])
+            b = int(params.get("batch_size") or x.shape[0])
             x = x.reshape(x.shape[0] // b, b, x.shape[1])
             y = y.reshape(y.shape[0] // b, b)
         return InputBatch(np.ascontiguousarray(x), y.astype(np.int64))
-    S, B, C = int(p["samples"] if "samples" in p else 1), int(p.get("batch_size") or 1), int(p["classes"])
-    seed = int(p["seed"])
-    if gen == "torch_rand_protocol":
-        return torch_rand_protocol(seed, S, B, C)
-    rng = np.random.Generator(np.random.PCG64(seed))
-    shape = (S, B, C)
-    if gen == "uniform":
-        x = rng.uniform(float(p["low"]), float(p["high"]), size=shape)
-    elif gen == "normal":
-        x = float(p["mean"]) + float(p["scale"]) * rng.standard_normal(size=shape)
-    elif gen == "confident":
-        x = float(p["scale"]) * rng.standard_normal(size=shape)
-    elif gen == "large":
-        top = get_format(cfg.inputs.format).max_finite * float(p["fraction"])
-        x = rng.uniform(-1.0, 1.0, size=shape) * top
-    else:  # pragma: no cover - the config model admits no other generator
-        raise ValueError(f"unknown generator {gen!r}")
-    y = rng.integers(0, C, size=(S, B), dtype=np.int64)
-    if gen == "confident":
-        if C > 1:
-            others = x.copy()
-            np.put_along_axis(others, y[..., None], -np.inf, axis=-1)
-            top = others.max(axis=-1)
-        else:
-            top = np.zeros((S, B))
-        np.put_along_axis(x, y[..., None], (top + float(p["margin"]))[..., None], axis=-1)
-    return InputBatch(np.ascontiguousarray(x, dtype=np.float64), y)
+
+
+#: Generator classes by name.
+GENERATORS: dict[str, type[Generator]] = {
+    "uniform": UniformInputs,
+    "normal": NormalInputs,
+    "confident": ConfidentInputs,
+    "large": LargeInputs,
+    "fixed": FixedInputs,
+    "torch_rand_protocol": TorchRandInputs,
+    "file": FileInputs,
+}

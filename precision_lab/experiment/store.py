@@ -1,0 +1,470 @@
+"""The one module that writes and reads a results folder.
+
+Layout of ``<out>/<name>/`` (schema :data:`~precision_lab.experiment.records.SCHEMA_VERSION`):
+
+=========================  ==========================================================
+``manifest.json``          :class:`~.records.Manifest`: config, sweep, software, and the
+                           sha256 of every file below (committed)
+``run.json``               :class:`~.records.RunInfo`: times, host, command (not committed)
+``samples.parquet``        one row per sweep point x sample x implementation x format
+``rows.parquet``           one row per logit row and format: facts of the input (row max,
+                           lse, shifted sum, condition number)
+``summary.json`` / ``.csv`` :class:`~.records.SummaryRow` s
+``agreement.json`` / ``.csv``  :class:`~.records.AgreementRow` s
+``compare.json``           :class:`~.records.CompareResult` s (with a ``[compare]`` section)
+``analyses.json``          the analyses' records (numbers), by name
+``plots/*.png``            figures; captions in the manifest
+``report.md``, ``report.html``  the report
+``inputs/``                the rounded inputs of every chunk (``pNNNNN_<format>.npy``,
+                           bfloat16 stored as its uint16 bit patterns, and
+                           ``pNNNNN_targets.npy``); large, so a copy may leave them out
+``partial/``               finished chunks of an unfinished run (see the runner)
+=========================  ==========================================================
+
+JSON: one encoding (:func:`dumps`): dataclasses become objects, numpy scalars Python numbers,
+non-finite floats the strings "nan", "inf", "-inf" (:func:`number` reads them back), and
+``None`` stands for "no value".  Every writer writes atomically (a temporary file renamed into
+place) and records the file's sha256; :func:`verify` checks them.  A folder's lock
+(:class:`FolderLock`) keeps two runs out of one folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import io
+import json
+import math
+import os
+import socket
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from precision_lab.experiment.errors import DamagedResultsError, LockedError, NotResultsError
+from precision_lab.experiment.records import (AgreementRow, CompareResult, Manifest, RunInfo,
+                                              SummaryRow)
+from precision_lab.numerics.formats import get_format
+
+__all__ = ["to_jsonable", "dumps", "number", "sha256_of", "Writer", "Results", "open_results",
+           "read_manifest", "folder_state", "verify", "FolderLock", "now_iso", "INPUTS_DIR",
+           "save_inputs", "load_inputs"]
+
+MANIFEST = "manifest.json"
+RUN_INFO = "run.json"
+INPUTS_DIR = "inputs"
+
+
+# --------------------------------------------------------------------------- JSON encoding
+
+def to_jsonable(obj: Any) -> Any:
+    """Plain JSON data of ``obj`` under the one convention (see the module docstring)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+                if not f.metadata.get("transient")}
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return [to_jsonable(v) for v in obj.tolist()]
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        v = float(obj)
+        if math.isnan(v):
+            return "nan"
+        if math.isinf(v):
+            return "inf" if v > 0 else "-inf"
+        return v
+    if isinstance(obj, Path):
+        return str(obj)
+    if obj is None or isinstance(obj, str):
+        return obj
+    return str(obj)
+
+
+def dumps(obj: Any) -> str:
+    """The one JSON encoding of a results folder (indent 2, a final newline)."""
+    return json.dumps(to_jsonable(obj), indent=2, allow_nan=False) + "\n"
+
+
+def number(v: Any) -> "float | None":
+    """A float field read back: "nan"/"inf"/"-inf" -> float, None stays None."""
+    if v is None:
+        return None
+    if isinstance(v, str):
+        return float(v)
+    return float(v)
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+# --------------------------------------------------------------------------- writing
+
+def _atomic_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _csv_text(rows: list[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    w = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if r.get(k) is None else (repr(r[k]) if isinstance(r[k], float)
+                                                        else r[k])) for k in keys})
+    return buf.getvalue()
+
+
+class Writer:
+    """Writes files into one folder atomically and remembers each file's sha256.
+
+    ``files`` (relative path -> sha256) is what the manifest lists."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.files: dict[str, str] = {}
+
+    def _done(self, rel: str, data: bytes) -> Path:
+        path = self.root / rel
+        _atomic_bytes(path, data)
+        self.files[rel] = hashlib.sha256(data).hexdigest()
+        return path
+
+    def json(self, rel: str, obj: Any) -> Path:
+        return self._done(rel, dumps(obj).encode())
+
+    def csv(self, rel: str, rows: list[dict[str, Any]]) -> Path:
+        return self._done(rel, _csv_text(rows).encode())
+
+    def text(self, rel: str, text: str) -> Path:
+        return self._done(rel, text.encode())
+
+    def bytes(self, rel: str, data: bytes) -> Path:
+        return self._done(rel, data)
+
+    def parquet(self, rel: str, table: Any) -> Path:
+        import pyarrow.parquet as pq
+
+        sink = io.BytesIO()
+        pq.write_table(table, sink)
+        return self._done(rel, sink.getvalue())
+
+    def figure(self, rel: str, fig: Any) -> Path:
+        """Save a matplotlib figure as PNG (deterministic metadata) and close it."""
+        import matplotlib.pyplot as plt
+
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=110, metadata={"Software": None})
+        plt.close(fig)
+        return self._done(rel, buf.getvalue())
+
+    def adopt(self, rel: str) -> None:
+        """Record the hash of a file already in the folder (moved in by the caller)."""
+        self.files[rel] = sha256_of(self.root / rel)
+
+
+def save_inputs(folder: Path, chunk: str, logits: np.ndarray, targets: np.ndarray) -> list[str]:
+    """Store a chunk's rounded logits (their format's bits) and targets under ``folder``;
+    returns the relative paths written.  Targets are shared by a point's formats."""
+    folder.mkdir(parents=True, exist_ok=True)
+    point = chunk.split("_", 1)[0]
+    out = []
+    arr = np.ascontiguousarray(logits)
+    if arr.dtype == get_format("bfloat16").np_dtype:
+        arr = arr.view(np.uint16)
+    for name, a in ((f"{chunk}.npy", arr), (f"{point}_targets.npy", np.asarray(targets))):
+        buf = io.BytesIO()
+        np.save(buf, a, allow_pickle=False)
+        _atomic_bytes(folder / name, buf.getvalue())
+        out.append(name)
+    return out
+
+
+def load_inputs(folder: Path, chunk: str, mmap: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """A chunk's stored logits (in their format's dtype) and targets."""
+    fmt = chunk.split("_", 1)[1]
+    point = chunk.split("_", 1)[0]
+    mode = "r" if mmap else None
+    x = np.load(folder / f"{chunk}.npy", mmap_mode=mode, allow_pickle=False)
+    if get_format(fmt).name == "bfloat16":
+        x = x.view(get_format("bfloat16").np_dtype)
+    t = np.load(folder / f"{point}_targets.npy", mmap_mode=mode, allow_pickle=False)
+    return x, t
+
+
+# --------------------------------------------------------------------------- reading
+
+def _load_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise DamagedResultsError(path, f"cannot be read as JSON ({exc})") from None
+
+
+def read_manifest(folder: Path) -> Manifest:
+    """The manifest of ``folder``.
+
+    Raises:
+        NotResultsError: no manifest.json, or one that is not a precision-lab manifest.
+        DamagedResultsError: a manifest that cannot be parsed.
+    """
+    path = Path(folder) / MANIFEST
+    if not path.exists():
+        raise NotResultsError(folder, "no manifest.json")
+    data = _load_json(path)
+    if not isinstance(data, dict) or "name" not in data or "status" not in data:
+        raise NotResultsError(folder, "manifest.json is not a precision-lab manifest")
+    if data.get("schema_version") != Manifest.__dataclass_fields__["schema_version"].default:
+        raise NotResultsError(folder, f"manifest schema version {data.get('schema_version')!r} "
+                              "is not the one this version of precision-lab writes")
+    known = {f.name for f in dataclasses.fields(Manifest)}
+    try:
+        return Manifest(**{k: v for k, v in data.items() if k in known})
+    except TypeError as exc:
+        raise DamagedResultsError(path, f"has unexpected content ({exc})") from None
+
+
+def folder_state(folder: Path) -> tuple[str, "Manifest | None"]:
+    """("absent" | "complete" | "partial" | "foreign" | "damaged", manifest or None)."""
+    folder = Path(folder)
+    if not folder.exists():
+        return "absent", None
+    try:
+        m = read_manifest(folder)
+    except NotResultsError:
+        return "foreign", None
+    except DamagedResultsError:
+        return "damaged", None
+    return (m.status if m.status in ("complete", "partial") else "foreign"), m
+
+
+def verify(folder: Path, manifest: Manifest, *, inputs: bool = False) -> list[tuple[str, str]]:
+    """(relative path, problem) for every listed file that is missing or whose sha256 differs.
+
+    Stored inputs are checked only with ``inputs=True`` and only where present (a copy of a
+    results folder may leave them out)."""
+    problems = []
+    for rel, sha in manifest.files.items():
+        p = Path(folder) / rel
+        if not p.is_file():
+            problems.append((rel, "is missing"))
+        elif sha256_of(p) != sha:
+            problems.append((rel, "does not match the sha256 the manifest records (damaged or "
+                                  "edited)"))
+    if inputs:
+        for rel, sha in manifest.inputs.items():
+            p = Path(folder) / rel
+            if p.is_file() and sha256_of(p) != sha:
+                problems.append((rel, "does not match the sha256 the manifest records"))
+    return problems
+
+
+class Results:
+    """A complete results folder, opened for reading (see :func:`open_results`).
+
+    While a run writes the folder, the runner hands the report a Results with ``writer`` (the
+    :class:`Writer` of the folder, through which every further file is written) and
+    ``tables`` (the tables it just wrote, so they are not read back); ``manifest`` may then be
+    replaced (plot captions)."""
+
+    def __init__(self, root: Path, manifest: Manifest, *, writer: "Writer | None" = None,
+                 tables: "dict[str, Any] | None" = None) -> None:
+        self.root = Path(root)
+        self.manifest = manifest
+        self.writer = writer
+        self._cache: dict[str, Any] = dict(tables or {})
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @property
+    def axes(self) -> list[str]:
+        return list(self.manifest.sweep_axes)
+
+    def _json(self, rel: str) -> Any:
+        if rel not in self._cache:
+            p = self.root / rel
+            self._cache[rel] = _load_json(p) if p.exists() else None
+        return self._cache[rel]
+
+    def summary(self) -> list[SummaryRow]:
+        doc = self._json("summary.json")
+        return [] if doc is None else [SummaryRow.from_row(r, self.axes) for r in doc["rows"]]
+
+    def values(self) -> "list[dict[str, Any]] | None":
+        """Every computed value with its truth, for tiny experiments (None otherwise)."""
+        doc = self._json("summary.json")
+        return None if doc is None else doc.get("values")
+
+    def agreement(self) -> list[AgreementRow]:
+        doc = self._json("agreement.json")
+        return [] if doc is None else [AgreementRow.from_row(r, self.axes) for r in doc["rows"]]
+
+    def compare(self) -> list[CompareResult]:
+        doc = self._json("compare.json")
+        return [] if doc is None else [CompareResult.from_row(r, self.axes)
+                                       for r in doc["results"]]
+
+    def analyses(self) -> dict[str, Any]:
+        return self._json("analyses.json") or {}
+
+    def run_info(self) -> "RunInfo | None":
+        doc = self._json(RUN_INFO)
+        if not isinstance(doc, dict):
+            return None
+        known = {f.name for f in dataclasses.fields(RunInfo)}
+        return RunInfo(**{k: v for k, v in doc.items() if k in known})
+
+    def samples(self) -> Any:
+        """samples.parquet as a pyarrow Table (None where the folder has none)."""
+        if "samples" not in self._cache:
+            p = self.root / "samples.parquet"
+            self._cache["samples"] = _read_parquet(p) if p.exists() else None
+        return self._cache["samples"]
+
+    def row_facts(self) -> Any:
+        """rows.parquet as a pyarrow Table (None where the folder has none)."""
+        if "rows" not in self._cache:
+            p = self.root / "rows.parquet"
+            self._cache["rows"] = _read_parquet(p) if p.exists() else None
+        return self._cache["rows"]
+
+    def has_inputs(self) -> bool:
+        return bool(self.manifest.inputs) and all((self.root / r).is_file()
+                                                  for r in self.manifest.inputs)
+
+    def inputs(self, point: int, fmt: str) -> tuple[np.ndarray, np.ndarray]:
+        """The rounded logits (S, B, V) and targets (S, B) the chunk measured (memory-mapped)."""
+        return load_inputs(self.root / INPUTS_DIR, f"p{point:05d}_{fmt}")
+
+
+def _read_parquet(path: Path) -> Any:
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(path)
+    except Exception as exc:  # noqa: BLE001 - any parse failure is a damaged file
+        raise DamagedResultsError(path, f"cannot be read as Parquet ({type(exc).__name__})") \
+            from None
+
+
+def open_results(folder: "str | Path", *, check: bool = True) -> Results:
+    """Open a complete results folder; with ``check`` every listed file's sha256 is verified.
+
+    Raises:
+        NotResultsError: not a results folder.
+        DamagedResultsError: a listed file is missing or damaged (names the first one).
+        IncompleteResultsError: a partial run (the manifest says how far it got).
+    """
+    from precision_lab.experiment.errors import IncompleteResultsError
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise NotResultsError(folder, "no such folder")
+    m = read_manifest(folder)
+    if m.status != "complete":
+        raise IncompleteResultsError(folder, m)
+    if check:
+        problems = verify(folder, m)
+        if problems:
+            rel, why = problems[0]
+            more = f" ({len(problems)} files in all)" if len(problems) > 1 else ""
+            raise DamagedResultsError(folder / rel, why + more)
+    return Results(folder, m)
+
+
+# --------------------------------------------------------------------------- locking
+
+class FolderLock:
+    """An exclusive lock on one results folder, held while a run writes it.
+
+    The lock is ``<out>/.<name>.lock`` (an OS file lock through ``filelock``, released by the
+    operating system if the process dies) with ``<out>/.<name>.lock.json`` beside it naming the
+    holder.  Acquiring a lock held by a live process raises :class:`LockedError` naming that
+    process; a leftover holder file whose process is gone is a stale lock, reported through
+    ``stale`` and replaced."""
+
+    def __init__(self, out_root: Path, name: str) -> None:
+        self.path = Path(out_root) / f".{name}.lock"
+        self.info_path = Path(out_root) / f".{name}.lock.json"
+        self.stale: "dict[str, Any] | None" = None
+        self._lock: Any = None
+
+    def acquire(self) -> "FolderLock":
+        from filelock import FileLock, Timeout
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(self.path), timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            holder = self._holder()
+            who = (f"pid {holder.get('pid')} on {holder.get('host')}, started "
+                   f"{holder.get('started_at')}" if holder else "another process")
+            raise LockedError(self.path.parent / self.path.name[1:-5],
+                              f"another run is writing it ({who})") from None
+        holder = self._holder()
+        if holder and holder.get("pid") != os.getpid():
+            self.stale = holder
+        self._lock = lock
+        _atomic_bytes(self.info_path, dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                             "started_at": now_iso(),
+                                             "time": time.time()}).encode())
+        return self
+
+    def _holder(self) -> "dict[str, Any] | None":
+        try:
+            data = json.loads(self.info_path.read_text())
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def release(self) -> None:
+        if self._lock is not None:
+            try:
+                self.info_path.unlink()
+            except OSError:
+                pass
+            self._lock.release()
+            try:
+                self.path.unlink()
+            except OSError:
+                pass
+            self._lock = None
+
+    def __enter__(self) -> "FolderLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+def files_under(root: Path, rels: Iterable[str]) -> list[str]:
+    """The relative paths in ``rels`` that exist under ``root``, sorted."""
+    return sorted(r for r in rels if (Path(root) / r).is_file())
