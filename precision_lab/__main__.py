@@ -1,6 +1,6 @@
 """python -m precision_lab: the precision-lab command line."""
 
-from precision_lab.cli import app
+from precision_lab.cli import main
 
 if __name__ == "__main__":
-    app(prog_name="precision-lab")
+    main()

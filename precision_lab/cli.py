@@ -1,22 +1,32 @@
-"""The ``precision-lab`` command line: a thin layer over config, experiment and report.
+"""The ``precision-lab`` command line: one typer app, a thin layer over the Python API.
 
-Exit codes: 0 success; 1 an unexpected error while computing; 2 a bad config or a results
-folder that may not be written (nothing is written then); 130 interrupted (finished chunks
-are kept: rerun with --resume).
+Set PRECISION_LAB_TRACEBACK=1 to see the traceback of an unexpected error.
+
+Exit codes: 0 success; 1 a failure while computing (finished chunks are kept: rerun with
+--resume) or an unexpected error; 2 bad input (a config, an option, a data file, a results
+folder that is damaged, locked or may not be written: nothing is written then); 130
+interrupted (finished chunks are kept).  No traceback reaches the terminal: every error is one
+line starting with "error:".
 """
 
 from __future__ import annotations
 
-import json
-import math
-import sys
-import webbrowser
-from pathlib import Path
-from typing import List, Optional
+import time
 
-import typer
+_T0 = time.perf_counter()  # the total a run reports is measured from here
 
-from precision_lab.experiment.config import ConfigError, bundled_experiments_dir, load_config
+import os  # noqa: E402
+import sys  # noqa: E402
+import webbrowser  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any, List, NoReturn, Optional  # noqa: E402
+
+import typer  # noqa: E402
+
+from precision_lab import __version__  # noqa: E402
+from precision_lab.experiment.errors import (ComputeError, ConfigError,  # noqa: E402
+                                             DamagedResultsError, IncompleteResultsError,
+                                             RunError)
 
 app = typer.Typer(
     name="precision-lab",
@@ -26,10 +36,44 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+study_app = typer.Typer(help="Studies beyond one config: torch's CPU kernel sets, torch on a GPU.",
+                        no_args_is_help=True)
+app.add_typer(study_app, name="study")
 
 
 def _err(msg: str) -> None:
     typer.echo(f"error: {msg}", err=True)
+
+
+def _console() -> Any:
+    """A rich console; wide when the output is not a terminal (pipes, files, tests)."""
+    from rich.console import Console
+
+    return Console(soft_wrap=False, width=None if sys.stdout.isatty() else 160)
+
+
+def _fail(msg: str, code: int = 2) -> NoReturn:
+    _err(msg)
+    raise typer.Exit(code)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"precision-lab {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """Measure the floating-point error of cross-entropy implementations against a correctly
+    rounded truth."""
+
+
+# --------------------------------------------------------------------------- run
+
+def _seconds(v: float) -> str:
+    return f"{v:.1f} s" if v < 100 else f"{v:.0f} s"
 
 
 @app.command("run")
@@ -38,66 +82,83 @@ def run_command(
     out: Path = typer.Option(Path("results"), "--out", "-o",
                              help="Folder that receives one results folder per experiment "
                                   "(<out>/<name>/)."),
-    force: bool = typer.Option(False, "--force", help="Overwrite existing results folders."),
-    resume: bool = typer.Option(False, "--resume",
+    force: bool = typer.Option(False, "--force/--no-force",
+                               help="Replace existing results folders."),
+    resume: bool = typer.Option(False, "--resume/--no-resume",
                                 help="Finish a partial (interrupted) run: compute only the "
                                      "missing chunks. Refused if the config changed."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or messages."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or messages."),
 ) -> None:
-    """Run experiments and write results/<name>/ (tables, plots, manifest, report).
+    """Run experiments and write <out>/<name>/ (tables, plots, manifest, report).
 
-    Every config is validated, and every target folder checked, before anything is computed: a bad config or an existing folder stops the command with exit code 2 and nothing written. An interrupted run keeps its finished chunks: rerun with --resume.
+    Every config is validated, and every target folder checked, before anything is computed:
+    a bad config, an existing or locked folder, or an unwritable --out stops the command with
+    exit code 2 and nothing written. An interrupted run keeps its finished chunks: rerun with
+    --resume. The last line gives each stage's wall time.
 
     Example: precision-lab run experiments/seed_question.toml experiments/seed_81_percent.toml
     """
-    from precision_lab.experiment.runner import RunError, preflight, run_experiment
+    from precision_lab.experiment.config import load_config
+    from precision_lab.experiment.progress import Progress
+    from precision_lab.experiment.runner import preflight, run_experiment
+    from precision_lab.report.report import write_report
 
     cfgs = []
     try:
         for path in configs:
             cfgs.append(load_config(path))
     except ConfigError as exc:
-        _err(str(exc))
-        raise typer.Exit(2)
+        _fail(str(exc))
     names = [c.name for c in cfgs]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
-        _err(f"two configs share the name {dup[0]!r} and would write the same folder")
-        raise typer.Exit(2)
+        _fail(f"two configs share the name {dup[0]!r} and would write the same folder "
+              f"{out / dup[0]}")
     try:
         for cfg in cfgs:
             preflight(cfg, out, force=force, resume=resume)
     except RunError as exc:
-        _err(str(exc))
-        raise typer.Exit(2)
+        _fail(str(exc))
+    progress = Progress(quiet=quiet)
+    stages = {"compute": 0.0, "report": 0.0}
+    command = " ".join(["precision-lab", *sys.argv[1:]])
     for cfg in cfgs:
         try:
-            res = run_experiment(cfg, out, force=force, resume=resume, quiet=quiet)
+            res = run_experiment(cfg, out, force=force, resume=resume, progress=progress,
+                                 finalize=lambda r, p: write_report(r, p), command=command)
         except RunError as exc:
-            _err(str(exc))
-            raise typer.Exit(2)
+            _fail(str(exc))
         except KeyboardInterrupt:
-            _err(f"interrupted; finished chunks are kept in {out / cfg.name / 'partial'}. "
-                 f"Finish with: precision-lab run --resume {' '.join(map(str, configs))}"
-                 + (f" --out {out}" if str(out) != "results" else ""))
-            raise typer.Exit(130)
-        except Exception as exc:  # noqa: BLE001 - report, keep the partial chunks, exit 1
-            _err(f"{cfg.name}: {type(exc).__name__}: {exc}\nfinished chunks are kept in "
-                 f"{out / cfg.name / 'partial'}; fix the cause and rerun with --resume")
-            raise typer.Exit(1)
+            _fail(f"interrupted; finished chunks are kept in {out / cfg.name / 'partial'}. "
+                  f"Finish with: precision-lab run --resume {' '.join(map(str, configs))}"
+                  + (f" --out {out}" if str(out) != "results" else ""), 130)
+        except ComputeError as exc:
+            _fail(f"{exc}\nfinished chunks are kept in {out / cfg.name / 'partial'}; fix the "
+                  "cause and rerun with --resume", 1)
+        except Exception as exc:  # noqa: BLE001 - one line, finished chunks kept, exit 1
+            if os.environ.get("PRECISION_LAB_TRACEBACK"):
+                raise
+            _fail(f"{cfg.name}: {type(exc).__name__}: {exc}\nfinished chunks are kept in "
+                  f"{out / cfg.name / 'partial'}; rerun with --resume", 1)
+        for k in stages:
+            stages[k] += res.stage_seconds.get(k, 0.0)
         if not quiet:
-            extra = f" ({res.resumed_chunks} chunk(s) resumed)" if res.resumed_chunks else ""
-            typer.echo(f"{cfg.name}: {res.manifest.get('rows')} rows in "
-                       f"{res.manifest.get('wall_seconds')} s{extra} -> {res.path}")
-            cmp_path = res.path / "compare.json"
-            if cmp_path.exists():
-                for f in json.loads(cmp_path.read_text()).get("findings", []):
-                    typer.echo("  " + f["text"])
+            c = res.manifest.counts
+            extra = f", {res.resumed_chunks} chunk(s) resumed" if res.resumed_chunks else ""
+            typer.echo(f"{cfg.name}: {c.get('logit_rows', 0):,} logit rows, "
+                       f"{c.get('evaluations', 0):,} evaluations ({c.get('implementations')} "
+                       f"implementations x {c.get('formats')} formats){extra} -> {res.path}")
+            if res.stale_lock:
+                typer.echo(f"  note: a stale lock of a run that died (pid "
+                           f"{res.stale_lock.get('pid')}, started "
+                           f"{res.stale_lock.get('started_at')}) was found and replaced")
+    if not quiet:
+        total = time.perf_counter() - _T0
+        typer.echo(f"compute {_seconds(stages['compute'])}, report {_seconds(stages['report'])}, "
+                   f"total {_seconds(total)}")
 
 
-def _find_experiments_dir() -> Optional[Path]:
-    return bundled_experiments_dir()
-
+# --------------------------------------------------------------------------- list
 
 @app.command("list")
 def list_command() -> None:
@@ -105,129 +166,208 @@ def list_command() -> None:
 
     Example: precision-lab list
     """
-    from precision_lab.numerics.formats import FORMATS
-    from precision_lab.implementations import REGISTRY
+    from rich.table import Table
 
-    exp_dir = _find_experiments_dir()
-    typer.echo("Experiments" + (f" ({exp_dir}):" if exp_dir else ": (no experiments/ folder found)"))
+    from precision_lab.experiment.config import bundled_experiments_dir, load_config
+    from precision_lab.implementations import REGISTRY
+    from precision_lab.numerics.formats import FORMATS
+
+    con = _console()
+    exp_dir = bundled_experiments_dir()
+    t = Table(title=f"Experiments ({exp_dir})" if exp_dir else "Experiments (none found)",
+              title_justify="left")
+    t.add_column("name")
+    t.add_column("config")
+    t.add_column("question", overflow="fold")
     for path in sorted(exp_dir.glob("*.toml")) if exp_dir else []:
         try:
             cfg = load_config(path)
-            question = " ".join(cfg.question.split())
-            if len(question) > 110:
-                question = question[:107] + "..."
-            typer.echo(f"  {cfg.name:<28} {question}")
-            typer.echo(f"  {'':<28} [{path.name}]")
+            t.add_row(cfg.name, path.name, " ".join(cfg.question.split()))
         except ConfigError as exc:
-            typer.echo(f"  {path.name:<28} (invalid: {exc})")
-    typer.echo("\nImplementations (use the key in a config's `implementations`):")
+            t.add_row(path.stem, path.name, f"(invalid: {exc})")
+    con.print(t)
+    t = Table(title="Implementations (config key `implementations`; or 'package.module:function')",
+              title_justify="left")
+    for col in ("key", "what it computes", "reduction", "trace", "devices"):
+        t.add_column(col)
     for key, impl in REGISTRY.items():
-        typer.echo(f"  {key:<22} {impl.description}")
-    typer.echo("  or 'package.module:function' for your own (logits, targets, fmt) -> losses")
-    typer.echo("\nFormats:")
-    typer.echo(f"  {'name':<10} {'precision p':>11} {'max finite':>12} {'unit roundoff':>14}")
+        c = impl.capabilities
+        t.add_row(key, impl.description, "own" if c.own_reduction else "seed's loop",
+                  "yes" if c.trace else "no", ", ".join(c.devices))
+    con.print(t)
+    t = Table(title="Formats", title_justify="left")
+    for col in ("name", "precision p", "max finite", "unit roundoff"):
+        t.add_column(col, justify="right" if col != "name" else "left")
     for f in FORMATS.values():
-        typer.echo(f"  {f.name:<10} {f.precision:>11} {f.max_finite:>12.5g} "
-                   f"{f.unit_roundoff:>14.3g}")
+        t.add_row(f.name, str(f.precision), f"{f.max_finite:.5g}", f"{f.unit_roundoff:.3g}")
+    con.print(t)
 
 
-def _cell(v) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        if math.isnan(v):
-            return "nan"
-        if v == 0:
-            return "0"
-        if abs(v) < 1e-3 or abs(v) >= 1e5:
-            return f"{v:.3e}"
-        return f"{v:.4g}"
-    return str(v)
+# --------------------------------------------------------------------------- show
 
+def _open_checked(results_dir: Path) -> Any:
+    from precision_lab.experiment.store import open_results
 
-def _table(rows: list[dict], cols: list[tuple[str, str]]) -> str:
-    head = [h for _, h in cols]
-    body = [[_cell(r.get(k)) for k, _ in cols] for r in rows]
-    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h)
-              for i, h in enumerate(head)]
-    lines = ["  ".join(h.ljust(w) if i < 2 else h.rjust(w) for i, (h, w) in
-                       enumerate(zip(head, widths)))]
-    lines.append("  ".join("-" * w for w in widths))
-    for b in body:
-        lines.append("  ".join(c.ljust(w) if i < 2 else c.rjust(w)
-                               for i, (c, w) in enumerate(zip(b, widths))))
-    return "\n".join(lines)
+    try:
+        return open_results(results_dir)
+    except IncompleteResultsError as exc:
+        cfg_file = ""
+        try:
+            from precision_lab.experiment.store import Results
+
+            info = Results(results_dir, exc.manifest).run_info()
+            cfg_file = info.config_file if info else ""
+        except Exception:  # noqa: BLE001 - the hint is optional
+            pass
+        _fail(f"{results_dir} is an unfinished run ({exc.manifest.chunks_done} of "
+              f"{len(exc.manifest.chunks)} chunks done); finish it with precision-lab run "
+              f"--resume {cfg_file or 'CONFIG'}")
+    except DamagedResultsError as exc:
+        _fail(str(exc))
+    except RunError as exc:
+        _fail(str(exc))
 
 
 @app.command("show")
 def show_command(
     results_dir: Path = typer.Argument(..., help="A results folder, e.g. results/seed_question.",
                                        show_default=False),
-    open_report: bool = typer.Option(False, "--open", help="Open report.html in a web browser."),
+    open_report: bool = typer.Option(False, "--open/--no-open",
+                                     help="Open report.html in a web browser."),
 ) -> None:
-    """Print a results folder's summary table, its compare check and the paths of its plots.
+    """Print a results folder's summary, its compare check, and where its plots and report are.
+
+    Every file the manifest lists is checked against its sha256 first: a damaged or missing
+    file is named, with exit code 2.
 
     Example: precision-lab show results/seed_81_percent --open
     """
-    summary_path = results_dir / "summary.json"
-    if not summary_path.exists():
-        manifest = results_dir / "manifest.json"
-        if manifest.exists():
-            m = json.loads(manifest.read_text())
-            _err(f"{results_dir} is a {m.get('status', 'unknown')} run without tables yet "
-                 f"({m.get('chunks_done')} of {m.get('chunks_total')} chunks); finish it with "
-                 f"precision-lab run --resume {m.get('config_file', 'CONFIG')}")
-        else:
-            _err(f"{results_dir} is not a results folder (no summary.json)")
-        raise typer.Exit(2)
-    doc = json.loads(summary_path.read_text())
-    rows = doc["rows"] if isinstance(doc, dict) else doc
-    axes = doc.get("sweep_axes", []) if isinstance(doc, dict) else []
-    typer.echo(f"{doc.get('experiment', results_dir.name)}: {doc.get('question', '')}".strip())
-    typer.echo("")
-    cols = [("implementation", "implementation"), ("format", "format")]
-    cols += [(a, a) for a in axes]
-    cols += [("count", "n"), ("exact_match_rate", "exact share"), ("ulp_error_mean", "ulp mean"),
-             ("ulp_error_median", "ulp median"), ("ulp_error_p99", "ulp p99"),
-             ("ulp_error_max", "ulp max"), ("bits_mean", "bits"), ("n_overflow", "overflow"),
-             ("n_nan", "nan")]
-    typer.echo(_table(rows, cols))
-    values = doc.get("values") if isinstance(doc, dict) else None
+    from rich.table import Table
+
+    from precision_lab.report.text import fmt_num, fmt_rate
+
+    res = _open_checked(results_dir)
+    con = _console()
+    m = res.manifest
+    con.print(f"[bold]{m.name}[/bold]: {' '.join(m.question.split())}")
+    summary = res.summary()
+    many = len(summary) > 48
+    if many:
+        from precision_lab.explain.data import aggregate, sample_data
+
+        d = sample_data(res)
+        rows = [(im, fm, None, s) for (im, fm), s in aggregate(d).items()] if d else []
+        title = f"Summary: all {len(m.points)} sweep points combined ({len(summary)} rows in " \
+                f"{results_dir / 'summary.csv'})"
+    else:
+        rows = [(r.implementation, r.format, r.params, r.stats) for r in summary]
+        title = "Summary"
+    t = Table(title=title, title_justify="left")
+    axes = [] if many else res.axes
+    for col in ["implementation", "format", *axes, "n", "correctly rounded", "ulp mean",
+                "ulp median", "ulp p99", "ulp max", "inf/NaN"]:
+        t.add_column(col, justify="left" if col in ("implementation", "format") else "right")
+    for im, fm, params, s in rows:
+        nf = sum(s.categories.get(c, 0) for c in ("overflow", "nan", "missed_inf"))
+        t.add_row(im, fm, *[fmt_num((params or {}).get(a)) for a in axes], str(s.count),
+                  fmt_rate(s.exact_matches, s.stat_count), fmt_num(s.ulp_error_mean, 3),
+                  fmt_num(s.ulp_error_median, 3), fmt_num(s.ulp_error_p99, 3),
+                  fmt_num(s.ulp_error_max, 4), str(nf))
+    con.print(t)
+    values = res.values()
     if values and len(values) <= 64:
-        typer.echo("\nValues (computed, correctly rounded reference, ULP error):")
-        typer.echo(_table(values, [("implementation", "implementation"), ("format", "format"),
-                                   ("sample", "sample"), ("computed_repr", "computed"),
-                                   ("reference_repr", "reference"), ("ulp_error", "ulp error")]))
-    cmp_path = results_dir / "compare.json"
-    if cmp_path.exists():
-        typer.echo("\nCompare:")
-        for f in json.loads(cmp_path.read_text()).get("findings", []):
-            typer.echo("  " + f["text"])
-    plots = sorted((results_dir / "plots").glob("*.png"))
-    if plots:
-        typer.echo("\nPlots:")
-        for p in plots:
-            typer.echo(f"  {p}")
+        t = Table(title="Values (computed, correctly rounded truth, ULP error)",
+                  title_justify="left")
+        for col in ("implementation", "format", "sample", "computed", "reference", "ulp error"):
+            t.add_column(col)
+        for v in values:
+            t.add_row(str(v["implementation"]), str(v["format"]), str(v["sample"]),
+                      str(v["computed_repr"]), str(v["reference_repr"]),
+                      fmt_num(v["ulp_error"]))
+        con.print(t)
+    for r in res.compare():
+        con.print(f"\nCompare: {r.a} vs {r.b} in {r.format}: |a - b| < {r.abs_tol:g} on "
+                  f"{fmt_rate(r.passed, r.count)}; bit-identical on {r.identical}; ULP distance "
+                  f"counts {r.ulp_distance.get('counts')}")
+    if m.plots:
+        con.print("\nPlots:")
+        for p in m.plots:
+            con.print(f"  {results_dir / p}")
     report = results_dir / "report.html"
-    for name in ("report.md", "report.html"):
-        if (results_dir / name).exists():
-            typer.echo(f"Report: {results_dir / name}")
+    con.print(f"Report: {results_dir / 'report.md'}  {report}")
     if open_report:
-        if report.exists():
-            webbrowser.open(report.resolve().as_uri())
-        else:
-            _err(f"no report.html in {results_dir}")
-            raise typer.Exit(2)
+        ok = False
+        try:
+            ok = webbrowser.open(report.resolve().as_uri())
+        except webbrowser.Error:
+            ok = False
+        if not ok:
+            typer.echo(f"no web browser could be opened here; open {report.resolve()} yourself "
+                       "(it is self-contained)", err=True)
 
 
-from precision_lab.explain.explain import explain_command  # noqa: E402 -- explain.py keeps its imports light
+# --------------------------------------------------------------------------- explain
 
-app.command("explain")(explain_command)
+@app.command("explain")
+def explain_command(
+    logits: Optional[str] = typer.Option(None, "--logits",
+                                         help="Comma-separated logits, e.g. \"20,0,1,2\"; "
+                                              "each is rounded once from its exact decimal value."),
+    target: Optional[int] = typer.Option(None, "--target", "-t", help="Index of the target class."),
+    fmt: str = typer.Option("float32", "--format", "-f",
+                            help="float16, bfloat16, float32 or float64."),
+    file: Optional[Path] = typer.Option(None, "--file", help="Logits from a .npy or .pt file "
+                                        "(shape (V,) or (N, V); choose the row with --row)."),
+    row: Optional[int] = typer.Option(None, "--row", help="Row of --file to explain."),
+    as_json: bool = typer.Option(False, "--json/--no-json",
+                                 help="Print one JSON object instead of text."),
+    attribution: bool = typer.Option(True, "--attribution/--no-attribution",
+                                     help="Per-step attribution of the step-wise implementations."),
+) -> None:
+    """Explain one input: truth, each implementation's error, per-step attribution, verdict.
+
+    Prints the correctly rounded truth, every implementation's value with its ULP error and
+    ULP distance, the per-step attribution, the condition number and error bounds, and a
+    verdict in words.
+
+    Example: precision-lab explain --logits "20,0,1,2" --target 0 --format float32
+    """
+    from precision_lab.experiment.store import dumps, to_jsonable
+    from precision_lab.explain.explain import ExplainInputError, explain, load_row, parse_logits
+    from precision_lab.report.explain_text import render_text, verdict
+
+    try:
+        if (logits is None) == (file is None):
+            raise ExplainInputError("--logits/--file", logits if logits is not None else str(file),
+                                    "give exactly one of --logits \"20,0,1,2\" or --file X.npy")
+        if target is None:
+            raise ExplainInputError("--target", None, "give the target class index, e.g. "
+                                    "--target 0")
+        if row is not None and file is None:
+            raise ExplainInputError("--row", row, "--row goes with --file")
+        vals: Any = parse_logits(logits) if logits is not None else load_row(file, row)
+        e = explain(vals, target, fmt, attribution=attribution)
+    except ExplainInputError as exc:
+        _fail(str(exc))
+    if as_json:
+        typer.echo(dumps({**to_jsonable(e), "verdict": verdict(e)}).rstrip())
+    else:
+        typer.echo(render_text(e))
 
 
 def main() -> None:  # pragma: no cover - console entry
-    app(prog_name="precision-lab")
+    """Console entry: the app, with any unexpected error as one line and exit code 1."""
+    try:
+        app(prog_name="precision-lab")
+    except SystemExit:
+        raise
+    except KeyboardInterrupt:
+        _err("interrupted")
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - no traceback reaches a user
+        _err(f"{type(exc).__name__}: {exc}")
+        sys.exit(1)
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

@@ -56,7 +56,7 @@ from precision_lab.implementations import get_implementation
 from precision_lab.numerics.formats import get_format
 
 __all__ = ["RunResult", "Finalize", "run_experiment", "preflight", "compute_chunk",
-           "assemble_tables", "RunError", "ResultsExistError"]
+           "assemble_tables", "publish", "RunError", "ResultsExistError"]
 
 #: ``finalize(folder)`` writes more files (the report) into the temporary folder of a run
 #: through ``folder.writer`` before it replaces the target; ``folder`` is a
@@ -176,40 +176,92 @@ def _chunk_done(partial: Path, key: str) -> bool:
 
 # --------------------------------------------------------------------------- the tables
 
-def assemble_tables(cfg: ExperimentConfig, chunks: list[ChunkTables], writer: store.Writer
+def assemble_tables(manifest: Manifest, reduction: str, chunks: list[ChunkTables],
+                    writer: store.Writer, compare: "tuple[str, str, float, list[str]] | None" = None
                     ) -> dict[str, Any]:
-    """Write samples, rows, summary, agreement and compare tables of all chunks; return the
-    in-memory tables for the report (keys "samples", "rows", "summary.json", ...)."""
-    axes = sweep_axes(cfg)
+    """Write samples, rows, summary, agreement and (with ``compare`` = (a, b, abs_tol,
+    formats)) compare tables of all chunks; return the in-memory tables for the report."""
+    axes = list(manifest.sweep_axes)
     samples = pa.concat_tables([c.samples for c in chunks])
     rows = pa.concat_tables([c.rows for c in chunks])
-    summary = [r for c in chunks for r in c.summary]
-    agreement = [r for c in chunks for r in c.agreement]
-    compare = [r for c in chunks for r in c.compare]
     writer.parquet("samples.parquet", samples)
     writer.parquet("rows.parquet", rows)
-    summary_rows = [r.to_row() for r in summary]
-    summary_doc: dict[str, Any] = {"experiment": cfg.name, "question": cfg.question,
-                                   "reduction": cfg.reduction, "sweep_axes": axes,
+    summary_rows = [r.to_row() for c in chunks for r in c.summary]
+    summary_doc: dict[str, Any] = {"experiment": manifest.name, "question": manifest.question,
+                                   "reduction": reduction, "sweep_axes": axes,
                                    "rows": summary_rows}
     values = values_view(samples, axes)
     if values is not None:
         summary_doc["values"] = values
     writer.json("summary.json", summary_doc)
     writer.csv("summary.csv", [{k: r[k] for k in summary_columns(axes)} for r in summary_rows])
-    agreement_rows = [r.to_row() for r in agreement]
-    agreement_doc = {"experiment": cfg.name, "sweep_axes": axes, "rows": agreement_rows}
+    agreement_rows = [r.to_row() for c in chunks for r in c.agreement]
+    agreement_doc = {"experiment": manifest.name, "sweep_axes": axes, "rows": agreement_rows}
     writer.json("agreement.json", agreement_doc)
     writer.csv("agreement.csv", agreement_rows)
     out = {"samples": samples, "rows": rows, "summary.json": summary_doc,
            "agreement.json": agreement_doc}
-    if cfg.compare is not None:
-        compare_doc = {"a": cfg.compare.a, "b": cfg.compare.b, "abs_tol": cfg.compare.abs_tol,
-                       "formats": sorted(compare_formats(cfg)),
-                       "results": [r.to_row() for r in compare]}
+    if compare is not None:
+        a, b, tol, fmts = compare
+        compare_doc = {"a": a, "b": b, "abs_tol": tol, "formats": sorted(fmts),
+                       "results": [r.to_row() for c in chunks for r in c.compare]}
         writer.json("compare.json", compare_doc)
         out["compare.json"] = compare_doc
     return out
+
+
+def publish(out_root: Path, manifest: Manifest, run_info: RunInfo, chunks: list[ChunkTables], *,
+            reduction: str, compare: "tuple[str, str, float, list[str]] | None" = None,
+            inputs_from: "Path | None" = None, input_keys: "list[str] | None" = None,
+            finalize: "Finalize | None" = None, progress: Progress = NO_PROGRESS,
+            t_start: "float | None" = None) -> tuple[Manifest, RunInfo]:
+    """Write a complete results folder ``out_root/<manifest.name>`` from finished chunks.
+
+    Everything goes into a temporary folder beside the target (tables, the stored inputs moved
+    from ``inputs_from``, then whatever ``finalize`` writes: the report), which then replaces
+    the target in one rename; nothing half-written is ever left in the target.  The caller
+    holds the folder's lock.  Returns the final manifest and run info."""
+    t_start = time.perf_counter() if t_start is None else t_start
+    target = out_root / manifest.name
+    evaluations = sum(c.samples.num_rows for c in chunks)
+    fmts = list(dict.fromkeys(c.key.split("_", 1)[1] for c in chunks))
+    logit_rows = sum(c.rows.num_rows for c in chunks if c.key.endswith("_" + fmts[0]))
+    impls = {r.implementation for c in chunks for r in c.summary}
+    manifest = replace(manifest, counts={"logit_rows": logit_rows, "evaluations": evaluations,
+                                         "implementations": len(impls), "formats": len(fmts)},
+                       slow_rows={c.key: c.slow_rows for c in chunks})
+    tmp = out_root / f".{manifest.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        writer = store.Writer(tmp)
+        tables = assemble_tables(manifest, reduction, chunks, writer, compare)
+        inputs = (_adopt_inputs(inputs_from, tmp, input_keys or []) if inputs_from is not None
+                  else {})
+        t_compute = time.perf_counter() - t_start
+        manifest = replace(manifest, status="complete", inputs=inputs, files=dict(writer.files))
+        t_report0 = time.perf_counter()
+        if finalize is not None:
+            draft = store.Results(tmp, manifest, writer=writer, tables=tables)
+            finalize(draft, progress)
+            manifest = draft.manifest
+        t_report = time.perf_counter() - t_report0
+        manifest = replace(manifest, files=dict(sorted(writer.files.items())))
+        run_info = replace(run_info, finished_at=store.now_iso(), stage_seconds={
+            "compute": round(t_compute, 3), "report": round(t_report, 3),
+            "total": round(time.perf_counter() - t_start, 3)})
+        store.Writer(tmp).json(store.MANIFEST, manifest)
+        store.Writer(tmp).json(store.RUN_INFO, run_info)
+        old_dir = out_root / f".{manifest.name}.old-{os.getpid()}"
+        if target.exists():
+            os.replace(target, old_dir)
+        os.replace(tmp, target)
+        shutil.rmtree(old_dir, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest, run_info
 
 
 # --------------------------------------------------------------------------- the run
@@ -306,57 +358,28 @@ def _run_locked(cfg: ExperimentConfig, out_root: Path, target: Path, state: str,
                 save_manifest(manifest)
                 advance(1)
         del cached
-        evaluations = sum(c.samples.num_rows for c in chunks)
-        logit_rows = sum(c.rows.num_rows for c in chunks if c.key.endswith("_" + fmts[0]))
-        manifest = replace(manifest, counts={"logit_rows": logit_rows,
-                                             "evaluations": evaluations,
-                                             "implementations": len(impl_keys),
-                                             "formats": len(fmts)})
-        tmp = out_root / f".{cfg.name}.tmp-{os.getpid()}"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
-        try:
-            writer = store.Writer(tmp)
-            tables = assemble_tables(cfg, chunks, writer)
-            inputs = _adopt_inputs(partial, tmp, [k for _, _, k in keys], points)
-            t_compute = time.perf_counter() - t_start
-            manifest = replace(manifest, status="complete", inputs=inputs,
-                               files=dict(writer.files))
-            t_report0 = time.perf_counter()
-            if finalize is not None:
-                draft = store.Results(tmp, manifest, writer=writer, tables=tables)
-                finalize(draft, progress)
-                manifest = draft.manifest
-            t_report = time.perf_counter() - t_report0
-            manifest = replace(manifest, files=dict(sorted(writer.files.items())))
-            run_info = replace(run_info, finished_at=store.now_iso(), stage_seconds={
-                "compute": round(t_compute, 3), "report": round(t_report, 3),
-                "total": round(time.perf_counter() - t_start, 3)})
-            store.Writer(tmp).json(store.MANIFEST, manifest)
-            store.Writer(tmp).json(store.RUN_INFO, run_info)
-            old_dir = out_root / f".{cfg.name}.old-{os.getpid()}"
-            os.replace(target, old_dir)
-            os.replace(tmp, target)
-            shutil.rmtree(old_dir, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        cmp = None
+        if cfg.compare is not None:
+            cmp = (cfg.compare.a, cfg.compare.b, cfg.compare.abs_tol, compare_formats(cfg))
+        inputs_keys = [k for _, _, k in keys] + [f"p{p.index:05d}_targets" for p in points]
+        manifest, run_info = publish(out_root, manifest, run_info, chunks,
+                                     reduction=cfg.reduction, compare=cmp,
+                                     inputs_from=partial / store.INPUTS_DIR,
+                                     input_keys=inputs_keys, finalize=finalize,
+                                     progress=progress, t_start=t_start)
     except BaseException:
         save_manifest(replace(manifest, status="partial"))
         raise
     return RunResult(target, manifest, run_info, computed, resumed, stale)
 
 
-def _adopt_inputs(partial: Path, tmp: Path, keys: list[str], points: list[SweepPoint]
-                  ) -> dict[str, str]:
-    """Move the chunks' stored inputs into the new folder; their sha256 by relative path."""
-    src = partial / store.INPUTS_DIR
+def _adopt_inputs(src: Path, tmp: Path, keys: list[str]) -> dict[str, str]:
+    """Move stored inputs (``<key>.npy``) into the new folder; their sha256 by relative path."""
     dst = tmp / store.INPUTS_DIR
     dst.mkdir(parents=True, exist_ok=True)
-    names = [f"{k}.npy" for k in keys] + [f"p{p.index:05d}_targets.npy" for p in points]
     out = {}
-    for name in names:
+    for key in keys:
+        name = f"{key}.npy"
         if (src / name).is_file():
             os.replace(src / name, dst / name)
             rel = f"{store.INPUTS_DIR}/{name}"

@@ -1,219 +1,42 @@
-"""Write ``report.md`` and ``report.html`` for one results folder.
+"""Write the report of a results folder: analyses, plots, ``report.md`` and ``report.html``.
 
-The report is generated from the data in the folder and from nothing else:
+:func:`write_report` runs the analyses (:mod:`precision_lab.explain.analyses`: numbers), turns
+them into findings (:mod:`precision_lab.report.findings`: sentences) and figures
+(:mod:`precision_lab.report.plots`), stores the analyses' numbers in ``analyses.json`` and the
+figures under ``plots/``, and renders one document twice (:mod:`precision_lab.report.document`).
+It reads only the folder (its tables and the inputs the run stored), never the config.
 
-* the question comes from the manifest's resolved config (``question`` / ``description``);
-* it leads with the answer: the key findings (:func:`precision_lab.report.findings.key_findings`),
-  one key table and the 1-4 plots that show the leading mechanisms; then a compact summary
-  per implementation x format;
-* the appendix (collapsed in report.html, capped in report.md) holds every finding, the
-  per-point summary and agreement tables, the extra JSON of the analyses and the capability
-  study, the other plots, and the provenance (config hash, package versions, torch CPU
-  capability, platform, git commit, times, status) copied from the manifest;
-* every ``plots/*.png`` is shown -- in ``report.md`` as a relative image link, in
-  ``report.html`` embedded so the file is self-contained.
-
-:func:`write_report` first runs the analyses that apply (:func:`precision_lab.report.analysis.enrich`),
-then loads the folder (:mod:`precision_lab.report.results`), builds one document
-(:func:`build_document`) and renders it twice (:mod:`precision_lab.report.document`).
+The document leads with the answer: the question, 3-8 key findings chosen by the mechanisms
+the data shows, one key table and the 1-4 plots that show them; then a compact summary per
+implementation x format; then an appendix (collapsed in report.html, capped in report.md) with
+every finding, the per-point tables, the analyses' tables, the other plots and the provenance
+recorded in the manifest.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import math
-import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
-from precision_lab.report.analysis import enrich
-from precision_lab.report.document import (Block, Bullets, Code, Details, Heading, Image, Para, Table, render_html,
-                       render_markdown)
-from precision_lab.report.findings import collect_findings, key_findings
-from precision_lab.numerics.formats import ordered_formats
-from precision_lab.report.results import (Results, aggregate, as_float, as_rows, exact_count, group_name,
-                      identical_groups, load_results, nanmax, numeric_param, pair_of, row_total,
-                      stat_count, zero_mask)
+from precision_lab.experiment.progress import NO_PROGRESS, Progress
+from precision_lab.experiment.store import MANIFEST, Results, Writer
+from precision_lab.explain.analyses import Context, run_analyses
+from precision_lab.explain.data import NONFINITE_CATEGORIES, group_label
+from precision_lab.report import plots as P
+from precision_lab.report.document import (Block, Bullets, Code, Details, Heading, Image, Para,
+                                           Table, render_html, render_markdown)
+from precision_lab.report.findings import Finding, all_findings, key_findings
 from precision_lab.report.text import fmt_num, fmt_rate
 
-__all__ = ["write_report", "build_document"]
+__all__ = ["write_report", "build_document", "MEASURES_TEXT", "Extra"]
 
-MD_TABLE_ROWS = 8           # rows of a big table shown in report.md (all rows in report.html / CSV)
-MD_FINDINGS = 12            # findings listed in report.md's appendix (all in report.html)
-MD_EXTRA_ROWS = 5           # rows of an analysis table shown in report.md
-HTML_TABLE_ROWS = 600       # rows of a big table shown in report.html
-
-
-# --------------------------------------------------------------------------- plots
-
-#: Captions of the analyses' plots (by file-name prefix); they are shown first, in this order.
-PLOT_CAPTIONS = {
-    "nonfinite_vs_overflow_margin": "Share of rows whose loss is inf/NaN, against ln(the sum of "
-        "exponentials the implementation forms) - ln(largest finite value of the format): the "
-        "step at 0 is the overflow. Implementations with identical results share a line.",
-    "relative_error_vs_": "Median relative error of the loss against the swept parameter, in "
-        "units of the format's unit roundoff u = 2^-p; the dotted line is a relative error of 1 (a "
-        "result of 0), the dashed one 0.5 u. Implementations with identical curves share a line.",
-    "bound_vs_measured": "Measured relative error of the loss against the error bound at the same "
-        "row (units of u), one point per row; points below the red line respect the bound.",
-    "compare": "Left: how far apart the two compared implementations are, in ULPs of the "
-        "format; only the bit-identical (0 ULP) share passes the tolerance. Right: each one's "
-        "ULP error against the correctly rounded truth (dotted: 0.5 ULP).",
-    "by_format": "Per implementation and format: the share of samples returned correctly rounded "
-        "and the (mean) ULP error, in each format's own ULPs (dotted: 0.5 ULP; with one sample per "
-        "format only the error is drawn). Implementations that return the same bits on every "
-        "sample share a bar.",
-    "error_vs_": "Mean ULP error of each implementation against the swept parameter, one panel "
-        "per format, each in its own format's ULPs (finite results only; the dotted line is 0.5 ULP, "
-        "the most a correctly rounded result is off). Implementations that return the same bits "
-        "on every sample share a line.",
-    "capabilities": "Left: how far apart nn.CrossEntropyLoss and the seed's loop are, per CPU "
-        "kernel set; only the 0-ULP share passes |a - b| < 1e-15. Right: each one's error "
-        "against the correctly rounded mean loss.",
-}
-
-
-def _plot_caption(p: Path) -> str:
-    side = p.with_suffix(".txt")
-    if side.exists():
-        return side.read_text().strip()
-    for prefix, cap in PLOT_CAPTIONS.items():
-        if p.stem.startswith(prefix):
-            return cap
-    m = re.fullmatch(r"ulp_hist_(\w+)", p.stem)
-    if m:
-        return (f"{m.group(1)}: samples per ULP error and implementation (log x, exact results "
-                f"in the '0' bin; dotted: 0.5 ULP, correct rounding).")
-    m = re.fullmatch(r"ulp_vs_(\w+)_(float16|bfloat16|float32|float64)", p.stem)
-    if m:
-        return (f"{m.group(2)}: mean (solid) and largest (dashed) ULP error of each implementation "
-                f"against {m.group(1)}; finite results only (dotted: 0.5 ULP). Implementations whose "
-                f"curves agree to 3 significant digits share a line.")
-    if p.stem == "mean_ulp_by_format":
-        return ("Mean ULP error of each implementation in each format, each measured in its own "
-                "format's ULPs (finite results only; dotted: 0.5 ULP). Where some rows' loss is "
-                "inf/NaN, their count is written above the bar.")
-    return p.stem.replace("_", " ")
-
-
-def _plot_order(p: Path) -> tuple:
-    for i, prefix in enumerate(PLOT_CAPTIONS):
-        if p.stem.startswith(prefix):
-            return (i, p.name)
-    return (len(PLOT_CAPTIONS), p.name)
-
-
-def _key_plots(res: Results, mechs: list[str]) -> list[Path]:
-    """The 1-4 plots that show the leading mechanisms."""
-    plots = sorted(res.plots, key=_plot_order)
-    axis = numeric_param(res)
-    want: list[Path] = []
-
-    def add(pred: Callable[[str], bool], limit: int = 4) -> None:
-        for p in plots:
-            if len(want) >= 4 or limit <= 0:
-                return
-            if pred(p.stem) and p not in want:
-                want.append(p)
-                limit -= 1
-
-    for m in mechs:
-        if m == "compare":
-            fm = (res.compare.get("results") or [{}])[0].get("format", "")
-            add(lambda s: s == "compare")
-            if not any(p.stem == "compare" for p in want):
-                add(lambda s: s == f"ulp_hist_{fm}")
-        elif m == "explain":
-            add(lambda s: s == "by_format")
-        elif m == "cancellation":
-            add(lambda s: s.startswith("relative_error_vs_"), 1)
-        elif m == "overflow":
-            add(lambda s: s.startswith("nonfinite_vs_overflow_margin"))
-        elif m == "trend" and axis:
-            add(lambda s: s == f"error_vs_{axis}")
-            if not any(p.stem == f"error_vs_{axis}" for p in want):
-                add(lambda s: s == f"ulp_vs_{axis}_float32", 1)
-        elif m == "formats":
-            add(lambda s: s == "by_format")
-            add(lambda s: s.startswith("bound_vs_measured"))
-        elif m in ("extras", "capabilities"):
-            add(lambda s: s.startswith("capabilities"))
-    if not want:
-        add(lambda s: any(s.startswith(k) for k in PLOT_CAPTIONS), 2)
-    if not want:
-        add(lambda s: s == "mean_ulp_by_format" or (axis is not None and s.startswith(f"ulp_vs_{axis}_")), 1)
-    if not want:
-        add(lambda s: True, 1)
-    return want
-
-
-# --------------------------------------------------------------------------- sections
-
-def _json_body(obj: Any) -> list[Block]:
-    """Render an extra JSON: its 'text' as paragraphs, its 'findings' as a list, its 'tables'
-    ({title: [rows]}) as tables (report.md shows the first rows of each), anything else as
-    pretty JSON (trimmed)."""
-    blocks: list[Block] = []
-    if isinstance(obj, dict):
-        if obj.get("text"):
-            for para in str(obj["text"]).split("\n\n"):
-                blocks.append(Para(para))
-        tables = obj.get("tables")
-        if isinstance(tables, dict):
-            for tname, trows in tables.items():
-                rows = as_rows(trows)
-                if rows:
-                    keys = list(dict.fromkeys(k for r in rows for k in r))
-                    blocks.append(Table(keys, [[_cell(r.get(k)) for k in keys] for r in rows], tname,
-                                        md_rows=MD_EXTRA_ROWS,
-                                        md_note=f"First {MD_EXTRA_ROWS} of {len(rows)} rows; all in "
-                                                f"report.html and the folder's JSON."))
-        if obj.get("text") or isinstance(tables, dict):
-            return blocks
-    s = json.dumps(obj, indent=1, default=str)
-    if len(s) > 6000:
-        s = s[:6000] + "\n... (truncated; see the JSON file)"
-    blocks.append(Code(s))
-    return blocks
-
-
-def _cell(v: Any) -> Any:
-    if isinstance(v, float):
-        return fmt_num(v)
-    if isinstance(v, (list, dict)):
-        return json.dumps(v, default=str)
-    return v
-
-
-def _provenance(res: Results) -> list[Block]:
-    m = res.manifest or {}
-    rows: list[list[Any]] = []
-
-    def add(k: str, v: Any) -> None:
-        if isinstance(v, dict):  # one row: "key value; key value"
-            rows.append([k, "; ".join(f"{k2} {', '.join(map(str, v2)) if isinstance(v2, list) else v2}"
-                                      for k2, v2 in v.items())])
-        elif isinstance(v, list):
-            rows.append([k, ", ".join(str(x) for x in v)])
-        else:
-            rows.append([k, v])
-
-    bulky = ("timings", "chunk_info", "chunks", "points", "files", "plots")
-    for k, v in m.items():
-        if k in ("config", "resolved_config", "question", "description") or (
-                k == "experiment" and isinstance(v, dict)):
-            continue
-        if k in bulky and isinstance(v, (list, dict)):
-            rows.append([k, f"{len(v)} entries (see manifest.json)"])
-            continue
-        add(k, v)
-    blocks: list[Block] = [Table(["field", "value"], rows, "From manifest.json.")]
-    if res.config:
-        blocks.append(Para("Resolved configuration:"))
-        blocks.append(Code(json.dumps(res.config, indent=2, default=str),
-                           md_note="(in manifest.json under \"config\", and in report.html)"))
-    return blocks
-
+MD_TABLE_ROWS = 8     # rows of a big table shown in report.md (all rows in report.html / CSV)
+MD_FINDINGS = 12      # findings listed in report.md's appendix (all in report.html)
+MD_EXTRA_ROWS = 5     # rows of an analysis table shown in report.md
+HTML_TABLE_ROWS = 600  # rows of a big table shown in report.html
 
 MEASURES_TEXT = (
     "How to read the numbers. The truth is the exact cross-entropy computed in high precision "
@@ -225,198 +48,314 @@ MEASURES_TEXT = (
 )
 
 
-def _summary_compact(res: Results) -> list[Block]:
-    """One row per implementation x format over the whole sweep; implementations that are
-    bit-identical on every sample share a row."""
-    aggs = aggregate(res.summary)
-    if not aggs:
-        return [Para("No summary.json in this folder.")]
-    import numpy as np
+@dataclasses.dataclass
+class Extra:
+    """What a study adds to the standard report: findings that lead the answer, tables, and
+    figures (the first ones are the key plots), and its numbers for analyses.json."""
 
-    S = res.sample_arrays()
-    med: dict[tuple[str, str], float] = {}
-    zero_n: dict[tuple[str, str], int] = {}
-    if S is not None:
-        stat = np.isin(S["category"], ["finite", "inf_match"])
-        zero = zero_mask(S)
-        for (im, fm) in aggs:
-            sel = (S["implementation"] == im) & (S["format"] == fm)
-            e = S["ulp_error"][sel & stat].astype(float)
-            e = e[np.isfinite(e)]
-            if e.size:
-                med[(im, fm)] = float(np.median(e))
-            zero_n[(im, fm)] = int((zero & sel).sum())
-    show_zero = any(zero_n.values())
-    heads = ["format", "implementation", "samples", "correctly rounded",
-             "median ULP err" if med else "mean ULP err", "max ULP err", "inf/NaN"]
-    if show_zero:
-        heads.append("0 for a non-zero loss")
-    rows = []
-    groups = identical_groups(res)
-    for fm in ordered_formats(a.format for a in aggs.values()):
-        for names in groups:
-            a = aggs.get((names[0], fm))
-            if a is None:
-                continue
-            nf = a.cats.get("overflow", 0) + a.cats.get("nan", 0) + a.cats.get("missed_inf", 0)
-            row = [fm, group_name(names), a.total, fmt_rate(a.exact, a.stat),
-                   fmt_num(med.get((names[0], fm), a.ulp_mean if not med else None), 3),
-                   fmt_num(a.ulp_max, 4), nf]
-            if show_zero:
-                row.append(zero_n.get((names[0], fm), 0))
-            rows.append(row)
-    params = res.swept_params()
-    cap = ("All sweep points combined; " if params and len(res.summary) > len(aggs) else "") + \
-          "'a = b' rows are implementations that return the same bits on every sample; statistics " \
-          "over finite results (inf/NaN counted apart)."
-    return [Table(heads, rows, cap)]
+    findings: list[Finding] = dataclasses.field(default_factory=list)
+    tables: list[Block] = dataclasses.field(default_factory=list)
+    figures: list[P.Figure] = dataclasses.field(default_factory=list)
+    records: dict[str, Any] = dataclasses.field(default_factory=dict)
+    appendix: list[Block] = dataclasses.field(default_factory=list)
 
 
-def _per_point_table(res: Results) -> Table | None:
-    params = res.swept_params()
-    if not params or len(res.summary) <= 1:
-        return None
-    heads = ["point", *params, "format", "implementation", "samples", "correctly rounded",
-             "median ULP err", "max ULP err", "overflow", "nan"]
-    srt = sorted(res.summary, key=lambda r: (ordered_formats([str(r.get("format"))]),
-                                             str(r.get("implementation")), r.get("point", 0)))
-    rows = [[r.get("point"), *[fmt_num(r.get(p)) for p in params], r.get("format"),
-             r.get("implementation"), row_total(r), fmt_rate(exact_count(r), stat_count(r)),
-             fmt_num(r.get("ulp_error_median")), fmt_num(r.get("ulp_error_max")),
-             int(r.get("n_overflow") or 0), int(r.get("n_nan") or 0)] for r in srt[:HTML_TABLE_ROWS]]
-    return Table(heads, rows, f"One row per sweep point, implementation and format ({len(srt)} rows"
-                 + (f"; the first {HTML_TABLE_ROWS} here" if len(srt) > HTML_TABLE_ROWS else "")
-                 + "; all in summary.csv).", md_rows=MD_TABLE_ROWS,
-                 md_note=f"First {MD_TABLE_ROWS} of {len(srt)} rows; all rows in "
-                         f"[summary.csv](summary.csv) and in report.html.")
+def _figures(ctx: Context, an: dict[str, Any]) -> list[Callable[[], "P.Figure | None"]]:
+    """The figures that apply, in the order the report shows them (analyses first)."""
+    out: list[Callable[[], "P.Figure | None"]] = []
+    if "overflow" in an:
+        out.append(lambda: P.overflow_figure(ctx, an["overflow"]))
+    if "cancellation" in an:
+        out.append(lambda: P.cancellation_figure(ctx, an["cancellation"]))
+    if "bounds" in an:
+        out.append(lambda: P.bounds_figure(ctx, an["bounds"]))
+    out += [lambda: P.compare_figure(ctx), lambda: P.error_vs_axis(ctx),
+            lambda: P.error_by_format(ctx), lambda: P.ulp_hist(ctx)]
+    return out
 
 
-def _agreement_blocks(res: Results) -> list[Block]:
-    if not res.agreement:
-        return []
-    keys = list(res.agreement[0].keys())
-    full = Table(keys, [[fmt_num(r.get(k)) if isinstance(r.get(k), float) else r.get(k) for k in keys]
-                        for r in res.agreement[:HTML_TABLE_ROWS]],
-                 f"Every row of agreement.json ({len(res.agreement)} rows"
-                 + (f"; the first {HTML_TABLE_ROWS} here" if len(res.agreement) > HTML_TABLE_ROWS else "")
-                 + "; all in agreement.csv).", md_rows=0,
-                 md_note=f"The per-point table ({len(res.agreement)} rows) is in "
-                         f"[agreement.csv](agreement.csv) and in report.html.")
-    # aggregated: one row per format and pair, least identical first
-    acc: dict[tuple[str, str, str], list] = {}
-    for r in res.agreement:
-        a, b = pair_of(r)
-        if a is None or b is None:
-            continue
-        n = int(r.get("count") or r.get("n") or 0)
-        v = acc.setdefault((str(r.get("format")), str(a), str(b)), [0, 0, math.nan])
-        v[0] += int(round(as_float(r.get("identical_rate")) * n)) if not math.isnan(as_float(r.get("identical_rate"))) else 0
-        v[1] += n
-        v[2] = nanmax([v[2], r.get("ulp_distance_max")])
-    rows = sorted(acc.items(), key=lambda kv: (kv[1][0] / kv[1][1] if kv[1][1] else 1.0,
-                                               ordered_formats([kv[0][0]])))
-    agg = Table(["format", "a", "b", "bit-identical", "max ULP apart"],
-                [[fm, a, b, fmt_rate(k, n), fmt_num(d)] for (fm, a, b), (k, n, d) in rows],
-                "All sweep points combined, least agreeing pairs first.", md_rows=MD_TABLE_ROWS,
-                md_note=f"The {MD_TABLE_ROWS} least agreeing of {len(rows)} format x pair rows; "
-                        f"all in report.html.")
-    return [Para("identical_rate: share of samples where the two implementations return the same "
-                 "bits; ulp_distance: representable steps between their results."), agg, full]
+def _key_plots(figs: list[P.Figure], mechs: list[str], axis: "str | None") -> list[P.Figure]:
+    """The 1-4 figures that show the leading mechanisms."""
+    by = {f.name: f for f in figs}
+    want: list[P.Figure] = []
+
+    def add(name: "str | None") -> None:
+        if name and name in by and by[name] not in want and len(want) < 4:
+            want.append(by[name])
+
+    for m in mechs:
+        if m == "compare":
+            add("compare.png")
+        elif m in ("explain", "formats"):
+            add("error_by_format.png")
+            if m == "formats":
+                add("bound_vs_measured.png")
+        elif m == "cancellation":
+            add(f"relative_error_vs_{axis}.png")
+        elif m == "overflow":
+            add("nonfinite_vs_overflow_margin.png")
+        elif m == "trend":
+            add(f"error_vs_{axis}.png")
+    for name in (f"error_vs_{axis}.png", "error_by_format.png", "ulp_hist.png"):
+        if not want:
+            add(name)
+    return want
 
 
-# --------------------------------------------------------------------------- the document
+def write_report(res: Results, progress: Progress = NO_PROGRESS,
+                 extra: "Extra | None" = None) -> tuple[Path, Path]:
+    """Analyse ``res``, draw its figures and write ``analyses.json``, ``plots/``, ``report.md``
+    and ``report.html`` into its folder.
 
-def build_document(res: Results) -> tuple[str, list[Block]]:
-    """The report as a title and a list of blocks: the question, the answer (key findings, key
-    table, key plots), a compact summary, then the appendix (collapsed in report.html)."""
-    title = f"precision-lab report: {res.name}"
-    blocks: list[Block] = []
-    blocks.append(Heading("Question", 2))
-    blocks.append(Para(res.question or "(the config states no question)"))
-    status = res.manifest.get("status")
-    if status and status != "complete":
-        blocks.append(Para(f"Status: {status} — this run did not finish; the numbers cover only "
-                           "what it computed."))
-    key, key_tables, mechs = key_findings(res)
-    blocks.append(Heading("Answer: key findings", 2))
-    if key:
-        blocks.append(Bullets([f.text for f in key]))
-    else:
-        blocks.append(Para("No findings could be generated (no summary data)."))
-    blocks.extend(key_tables)
-    kplots = _key_plots(res, mechs)
-    if kplots:
-        blocks.append(Heading("Key plots", 2))
-        for p in kplots:
-            blocks.append(Image(p, _plot_caption(p)))
-    if res.summary:
-        blocks.append(Heading("Summary", 2))
-        blocks.extend(_summary_compact(res))
-    blocks.append(Para(MEASURES_TEXT))
-    if res.description:
-        blocks.append(Heading("Setup", 2))
-        blocks.append(Para(res.description))
-
-    # ---- appendix
-    blocks.append(Heading("Appendix", 2))
-    letter = iter("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
-    findings = collect_findings(res)
-    if findings:
-        blocks.append(Details(f"{next(letter)}. All findings ({len(findings)})", [
-            Table(["#", "finding"], [[i + 1, f.text] for i, f in enumerate(findings)],
-                  "Every sentence is generated from this folder's data.", md_rows=MD_FINDINGS,
-                  md_note=f"First {MD_FINDINGS} of {len(findings)} findings; all of them in "
-                          f"report.html.")]))
-    tail: list[Block] = []
-    pp = _per_point_table(res)
-    if pp is not None:
-        tail.append(pp)
-    if tail:
-        blocks.append(Details(f"{next(letter)}. Summary per sweep point", tail))
-    ag = _agreement_blocks(res)
-    if ag:
-        blocks.append(Details(f"{next(letter)}. Agreement between implementations", ag))
-    titles = {"attribution": "Per-step error attribution and the fused torch kernel",
-              "bounds": "Error bounds (Blanchard, Higham & Higham) against measured errors",
-              "capabilities": "CPU kernel capability study (ATEN_CPU_CAPABILITY)",
-              "conditioning": "Conditioning", "overflow": "Where each implementation overflows",
-              "cancellation": "Cancellation: results of 0 for a non-zero loss",
-              "explained": "Rows explained"}
-    if res.compare is not None:
-        blocks.append(Details(f"{next(letter)}. Comparison", _json_body(res.compare)))
-    for name, obj in res.extras.items():
-        if name == "explain":
-            for stem, e in obj.items():
-                blocks.append(Details(f"{next(letter)}. Explained sample: {stem}", _json_body(e)))
-        else:
-            blocks.append(Details(f"{next(letter)}. {titles.get(name, name)}", _json_body(obj)))
-    rest = [p for p in sorted(res.plots, key=_plot_order) if p not in kplots]
-    if rest:
-        blocks.append(Details(f"{next(letter)}. Other plots ({len(rest)})",
-                              [Image(p, _plot_caption(p)) for p in rest]))
-    blocks.append(Details(f"{next(letter)}. Provenance", _provenance(res)))
-    return title, blocks
-
-
-def write_report(results_dir: Path | str, analyses: bool = True) -> tuple[Path, Path]:
-    """Read ``results_dir`` and write ``report.md`` and ``report.html`` into it.
-
-    With ``analyses`` (the default) the explanatory analyses that apply to the data
-    (:data:`precision_lab.report.analysis.ANALYSES`: overflow thresholds, cancellation, bounds vs
-    measured errors, per-step attribution and the fused-kernel comparison) first write their
-    JSON and plots into the folder; they need the experiment's config file (to regenerate the inputs) and
-    samples.parquet, and are skipped where those are missing.
+    During a run ``res.writer`` is the run's writer (the runner writes the manifest); on an
+    existing folder the files are written in place and the manifest is updated.
 
     Returns:
         (path of report.md, path of report.html).
     """
-    root = Path(results_dir)
-    if analyses:
-        enrich(root)
-    res = load_results(root)
-    title, blocks = build_document(res)
-    md = root / "report.md"
-    ht = root / "report.html"
-    md.write_text(render_markdown(title, blocks, root))
-    ht.write_text(render_html(title, blocks))
+    standalone = res.writer is None
+    writer = res.writer if res.writer is not None else Writer(res.root)
+    if standalone:
+        writer.files.update(res.manifest.files)
+    from precision_lab.explain.analyses import ANALYSES
+
+    with progress.stage("analyses", total=len(ANALYSES)) as advance:
+        ctx, analyses = run_analyses(res, advance)
+    extra = extra or Extra()
+    figs: list[P.Figure] = []
+    makers = _figures(ctx, analyses) if ctx is not None else []
+    captions: dict[str, str] = {}
+    with progress.stage("plots", total=len(makers) + len(extra.figures)) as advance:
+        for fig in extra.figures:
+            figs.append(fig)
+            advance(1)
+        for make in makers:
+            f = make()
+            if f is not None:
+                figs.append(f)
+            advance(1)
+        for f in figs:
+            writer.figure(f"plots/{f.name}", f.fig)
+            captions[f"plots/{f.name}"] = f.caption
+    with progress.stage("report", total=2) as advance:
+        records = {**analyses, **extra.records}
+        writer.json("analyses.json", records)
+        res.manifest = replace(res.manifest, plots=captions)
+        title, blocks = build_document(res, ctx, analyses, figs, extra)
+        md = writer.text("report.md", render_markdown(title, blocks, res.root))
+        advance(1)
+        ht = writer.text("report.html", render_html(title, blocks))
+        advance(1)
+    if standalone:
+        res.manifest = replace(res.manifest, files=dict(sorted(writer.files.items())))
+        Writer(res.root).json(MANIFEST, res.manifest)
     return md, ht
+
+
+# --------------------------------------------------------------------------- sections
+
+def _summary_compact(ctx: Context) -> list[Block]:
+    """One row per group of bit-identical implementations x format over the whole sweep."""
+    d = ctx.data
+    zero = d.zero_for_nonzero()
+    show_zero = bool(zero.any())
+    heads = ["format", "implementation", "samples", "correctly rounded", "median ULP err",
+             "max ULP err", "inf/NaN"] + (["0 for a non-zero loss"] if show_zero else [])
+    rows = []
+    for fm in d.formats:
+        fsel = d.fmt_mask(fm)
+        for g in ctx.groups:
+            s = ctx.stats.get((g[0], fm))
+            if s is None:
+                continue
+            sel = fsel & d.impl_mask(g[0])
+            nf = sum(s.categories.get(c, 0) for c in NONFINITE_CATEGORIES)
+            row = [fm, group_label(g), s.count, fmt_rate(s.exact_matches, s.stat_count),
+                   fmt_num(s.ulp_error_median, 3), fmt_num(s.ulp_error_max, 4), nf]
+            if show_zero:
+                row.append(int((zero & sel).sum()))
+            rows.append(row)
+    many = len(ctx.res.manifest.points) > 1
+    cap = (("All sweep points combined; " if many else "") + "'a = b' rows are implementations "
+           "that return the same bits on every sample; statistics over finite results (inf/NaN "
+           "counted apart).")
+    return [Table(heads, rows, cap)]
+
+
+def _per_point_table(res: Results) -> "Table | None":
+    summary = res.summary()
+    axes = res.axes
+    if not axes or len(summary) <= 1:
+        return None
+    heads = ["point", *axes, "format", "implementation", "samples", "correctly rounded",
+             "median ULP err", "max ULP err", "overflow", "nan"]
+    from precision_lab.numerics.formats import ordered_formats
+
+    srt = sorted(summary, key=lambda r: (ordered_formats([r.format]), r.implementation, r.point))
+    rows = [[r.point, *[fmt_num(r.params.get(p)) for p in axes], r.format, r.implementation,
+             r.stats.count, fmt_rate(r.stats.exact_matches, r.stats.stat_count),
+             fmt_num(r.stats.ulp_error_median), fmt_num(r.stats.ulp_error_max),
+             r.stats.categories.get("overflow", 0), r.stats.categories.get("nan", 0)]
+            for r in srt[:HTML_TABLE_ROWS]]
+    return Table(heads, rows, f"One row per sweep point, implementation and format ({len(srt)} "
+                 "rows" + (f"; the first {HTML_TABLE_ROWS} here" if len(srt) > HTML_TABLE_ROWS
+                           else "") + "; all in summary.csv).", md_rows=MD_TABLE_ROWS,
+                 md_note=f"First {MD_TABLE_ROWS} of {len(srt)} rows; all rows in "
+                         "[summary.csv](summary.csv) and in report.html.")
+
+
+def _agreement_blocks(res: Results) -> list[Block]:
+    rows = res.agreement()
+    if not rows:
+        return []
+    from precision_lab.numerics.formats import ordered_formats
+
+    acc: dict[tuple[str, str, str], list[int]] = {}
+    for r in rows:
+        v = acc.setdefault((r.format, r.implementation_a, r.implementation_b), [0, 0, 0])
+        v[0] += int(round((r.identical_rate or 0.0) * r.count))
+        v[1] += r.count
+        v[2] = max(v[2], r.ulp_distance_max or 0)
+    order = sorted(acc.items(), key=lambda kv: (kv[1][0] / kv[1][1] if kv[1][1] else 1.0,
+                                                ordered_formats([kv[0][0]])))
+    agg = Table(["format", "a", "b", "bit-identical", "max ULP apart"],
+                [[fm, a, b, fmt_rate(k, n), fmt_num(dm)] for (fm, a, b), (k, n, dm) in order],
+                "All sweep points combined, least agreeing pairs first.", md_rows=MD_TABLE_ROWS,
+                md_note=f"The {MD_TABLE_ROWS} least agreeing of {len(order)} format x pair "
+                        "rows; all in report.html and agreement.csv.")
+    return [Para("Bit-identical: share of samples where the two implementations return the same "
+                 "bits; ULP apart: representable steps between their results."), agg]
+
+
+def _cell(v: Any) -> Any:
+    if isinstance(v, float):
+        return fmt_num(v)
+    if isinstance(v, (list, tuple)):
+        return ", ".join(str(x) for x in v)
+    if isinstance(v, dict):
+        return "; ".join(f"{k} {x}" for k, x in v.items())
+    return v
+
+
+def _record_table(rows: list[Any], title: str) -> Table:
+    """A table of dataclass records (non-transient fields), capped in report.md."""
+    dicts = [{f.name: getattr(r, f.name) for f in dataclasses.fields(r)
+              if not f.metadata.get("transient")} for r in rows]
+    keys = list(dict.fromkeys(k for dd in dicts for k in dd))
+    return Table(keys, [[_cell(dd.get(k)) for k in keys] for dd in dicts], title,
+                 md_rows=MD_EXTRA_ROWS, md_note=f"First {MD_EXTRA_ROWS} of {len(dicts)} rows; "
+                 "all in report.html and analyses.json.")
+
+
+_SECTIONS = {
+    "nonfinite": ("Non-finite results", lambda a: [_record_table(a.counts, "spurious inf/NaN")]
+                  if a.counts else []),
+    "overflow": ("Where each implementation overflows",
+                 lambda a: [Para("For every row, in exact arithmetic on its logits: its largest "
+                                 "logit, lse(x) = log sum exp(x_j) and the shifted sum sum "
+                                 "exp(x_j - max); against whether the implementation's loss came "
+                                 "out inf/NaN while the truth is finite."),
+                            _record_table(a.groups, "overflow causes")]),
+    "cancellation": ("Cancellation: results of 0 for a non-zero loss",
+                     lambda a: [_record_table(a.rows, "zero returns")] if a.rows else []),
+    "bounds": ("Error bounds against measured errors",
+               lambda a: [Para(f"Each check uses up to {a.sample_rows} sampled rows per format: "
+                               "the bound evaluated at the row's logits against the measured "
+                               "relative error of the loss, both in units of u."),
+                          _record_table(a.checks, "bounds vs measured")]),
+    "attribution": ("Per-step error attribution and the fused torch kernel",
+                    lambda a: [Para(f"The {a.rows_per_implementation} worst rows of each "
+                                    "step-wise implementation re-run with per-step attribution "
+                                    "(precision_lab.explain.attribution); torch's fused kernel "
+                                    f"against composites on up to {a.fused_sample_rows} sampled "
+                                    "rows per format.")]
+                    + ([_record_table(a.decisive, "decisive steps of the worst rows")]
+                       if a.decisive else [])
+                    + ([_record_table(a.fused, "torch fused kernel vs composites")]
+                       if a.fused else [])),
+}
+
+
+def _provenance(res: Results) -> list[Block]:
+    m = res.manifest
+    env = dict(m.environment)
+    versions = env.pop("versions", {}) or {}
+    rows: list[list[Any]] = [["config sha256", m.config_sha256], ["status", m.status],
+                             ["sweep axes", ", ".join(m.sweep_axes) or "none"],
+                             ["points", len(m.points)], ["chunks", len(m.chunks)]]
+    rows += [[k, v] for k, v in env.items()]
+    rows.append(["versions", "; ".join(f"{k} {v}" for k, v in versions.items())])
+    rows += [[k, v] for k, v in m.counts.items()]
+    if any(m.slow_rows.values()):
+        rows.append(["rows on the reference's exact path", sum(m.slow_rows.values())])
+    return [Table(["field", "value"], rows, "From manifest.json (times and host are in "
+                  "run.json, which is not part of the committed results)."),
+            Para("Resolved configuration:"),
+            Code(json.dumps(m.config, indent=2, default=str),
+                 md_note="(in manifest.json under \"config\", and in report.html)")]
+
+
+def build_document(res: Results, ctx: "Context | None", analyses: dict[str, Any],
+                   figs: list[P.Figure], extra: "Extra | None" = None
+                   ) -> tuple[str, list[Block]]:
+    """The report as a title and a list of blocks."""
+    extra = extra or Extra()
+    m = res.manifest
+    title = f"precision-lab report: {m.name}"
+    blocks: list[Block] = [Heading("Question", 2), Para(m.question or "(no question stated)")]
+    if ctx is not None:
+        key, key_tables, mechs = key_findings(ctx, analyses)
+    else:
+        key, key_tables, mechs = [], [], []
+    key = extra.findings + key if extra.findings else key
+    blocks.append(Heading("Answer: key findings", 2))
+    blocks.append(Bullets([f.text for f in key]) if key else Para("No findings (no samples)."))
+    blocks.extend((extra.tables or key_tables)[:1])
+    kplots = extra.figures[:2] + _key_plots(figs, mechs, ctx.axis if ctx else None)
+    kplots = list(dict.fromkeys(kplots))[:4] if kplots else []
+    if kplots:
+        blocks.append(Heading("Key plots", 2))
+        blocks += [Image(res.root / "plots" / f.name, f.caption) for f in kplots]
+    if ctx is not None:
+        blocks.append(Heading("Summary", 2))
+        blocks.extend(_summary_compact(ctx))
+        blocks.append(Para(MEASURES_TEXT))
+    if m.description:
+        blocks.append(Heading("Setup", 2))
+        blocks.append(Para(m.description))
+    if m.notes:
+        blocks.append(Para(m.notes))
+    blocks.append(Heading("Appendix", 2))
+    letter = iter("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+    findings = all_findings(ctx, analyses) if ctx is not None else []
+    if findings:
+        blocks.append(Details(f"{next(letter)}. All findings ({len(findings)})", [
+            Table(["#", "finding"], [[i + 1, f.text] for i, f in enumerate(findings)],
+                  "Every sentence is generated from this folder's numbers.", md_rows=MD_FINDINGS,
+                  md_note=f"First {MD_FINDINGS} of {len(findings)} findings; all of them in "
+                          "report.html.")]))
+    pp = _per_point_table(res)
+    if pp is not None:
+        blocks.append(Details(f"{next(letter)}. Summary per sweep point", [pp]))
+    ag = _agreement_blocks(res)
+    if ag:
+        blocks.append(Details(f"{next(letter)}. Agreement between implementations", ag))
+    for name, (heading, body) in _SECTIONS.items():
+        rec = analyses.get(name)
+        if rec is None:
+            continue
+        if isinstance(rec, dict) and "failed" in rec:
+            blocks.append(Details(f"{next(letter)}. {heading}",
+                                  [Para(f"This analysis could not run: {rec['failed']}")]))
+            continue
+        content = body(rec)
+        if content:
+            blocks.append(Details(f"{next(letter)}. {heading}", content))
+    if extra.appendix:
+        blocks.append(Details(f"{next(letter)}. Study details", extra.appendix))
+    rest = [f for f in figs if f not in kplots]
+    if rest:
+        blocks.append(Details(f"{next(letter)}. Other plots ({len(rest)})",
+                              [Image(res.root / "plots" / f.name, f.caption) for f in rest]))
+    blocks.append(Details(f"{next(letter)}. Provenance", _provenance(res)))
+    return title, blocks
