@@ -24,9 +24,13 @@ from typing import Any, List, NoReturn, Optional  # noqa: E402
 import typer  # noqa: E402
 
 from precision_lab import __version__  # noqa: E402
-from precision_lab.experiment.errors import (ComputeError, ConfigError,  # noqa: E402
-                                             DamagedResultsError, IncompleteResultsError,
-                                             RunError)
+from precision_lab.experiment.errors import (  # noqa: E402
+    ComputeError,
+    ConfigError,
+    DamagedResultsError,
+    IncompleteResultsError,
+    RunError,
+)
 
 app = typer.Typer(
     name="precision-lab",
@@ -72,6 +76,12 @@ def _main(version: bool = typer.Option(False, "--version", callback=_version, is
 
 # --------------------------------------------------------------------------- run
 
+def _report(res: Any, progress: Any) -> None:
+    from precision_lab.report.report import write_report
+
+    write_report(res, progress)
+
+
 def _seconds(v: float) -> str:
     return f"{v:.1f} s" if v < 100 else f"{v:.0f} s"
 
@@ -101,8 +111,6 @@ def run_command(
     from precision_lab.experiment.config import load_config
     from precision_lab.experiment.progress import Progress
     from precision_lab.experiment.runner import preflight, run_experiment
-    from precision_lab.report.report import write_report
-
     cfgs = []
     try:
         for path in configs:
@@ -125,7 +133,7 @@ def run_command(
     for cfg in cfgs:
         try:
             res = run_experiment(cfg, out, force=force, resume=resume, progress=progress,
-                                 finalize=lambda r, p: write_report(r, p), command=command)
+                                 finalize=_report, command=command)
         except RunError as exc:
             _fail(str(exc))
         except KeyboardInterrupt:
@@ -345,7 +353,11 @@ def explain_command(
                                     "--target 0")
         if row is not None and file is None:
             raise ExplainInputError("--row", row, "--row goes with --file")
-        vals: Any = parse_logits(logits) if logits is not None else load_row(file, row)
+        if logits is not None:
+            vals: Any = parse_logits(logits)
+        else:
+            assert file is not None
+            vals = load_row(file, row)
         e = explain(vals, target, fmt, attribution=attribution)
     except ExplainInputError as exc:
         _fail(str(exc))

@@ -51,10 +51,20 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import Field, ValidationError
 
 from precision_lab.experiment.errors import ConfigError
-from precision_lab.experiment.inputs import (GENERATORS, ConfidentInputs, FileInputs, FixedInputs,
-                                             Generator, InputBatch, Int, LargeInputs,
-                                             NormalInputs, Num, StrictModel, TorchRandInputs,
-                                             UniformInputs)
+from precision_lab.experiment.inputs import (
+    GENERATORS,
+    ConfidentInputs,
+    FileInputs,
+    FixedInputs,
+    InputBatch,
+    Int,
+    LargeInputs,
+    NormalInputs,
+    Num,
+    StrictModel,
+    TorchRandInputs,
+    UniformInputs,
+)
 from precision_lab.implementations import REGISTRY, get_implementation
 from precision_lab.numerics.formats import FORMAT_NAMES, get_format
 
@@ -165,11 +175,11 @@ def _model_for(loc: tuple) -> tuple[type[StrictModel], list[str], str | None]:
 
 
 def _from_validation_error(file: Path | str, err: ValidationError) -> ConfigError:
-    seen: dict[str, ConfigError] = {}
+    seen: dict[str, ConfigError] = {}  # by dotted key; "" for the whole file
     for e in err.errors():
         loc, etype = tuple(e["loc"]), e["type"]
         model, keys, fld = _model_for(loc)
-        key = ".".join(keys) if keys else None
+        key = ".".join(keys) if keys else ""
         if key in seen:
             continue
         if etype == "extra_forbidden":

@@ -21,8 +21,13 @@ import numpy as np
 
 from precision_lab.implementations import Implementation
 from precision_lab.numerics.formats import Format, get_format
-from precision_lab.numerics.metrics import (bits_of_error, categorize, relative_error,
-                                            ulp_distance, ulp_error)
+from precision_lab.numerics.metrics import (
+    bits_of_error,
+    categorize,
+    relative_error,
+    ulp_distance,
+    ulp_error,
+)
 from precision_lab.numerics.reference import cross_entropy_detailed
 from precision_lab.numerics.sums import reduce_in_format
 
@@ -84,7 +89,8 @@ def reference_values(x: np.ndarray, t: np.ndarray, f: Format, reduction: str) ->
                                np.asarray(r.err, np.float64).reshape(-1), int(r.slow_rows))
     vals, his, los, errs, slow = [], [], [], [], 0
     for s in range(S):
-        r = cross_entropy_detailed(x[s], t[s], f, reduction=reduction)
+        r = cross_entropy_detailed(x[s], t[s], f, reduction="mean" if reduction == "mean"
+                                   else "sum")
         vals.append(np.asarray(r.values, dtype=f.np_dtype).reshape(-1)[0])
         his.append(float(np.asarray(r.hi).reshape(-1)[0]))
         los.append(float(np.asarray(r.lo).reshape(-1)[0]))

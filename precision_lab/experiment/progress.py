@@ -13,6 +13,10 @@ from typing import Any, Callable, Iterator
 __all__ = ["Progress", "NO_PROGRESS"]
 
 
+def _nothing(n: int = 1) -> None:
+    return None
+
+
 class Progress:
     """Stage progress bars.  ``with progress.stage("compute", total=12) as advance:
     advance(1)``."""
@@ -23,11 +27,17 @@ class Progress:
     @contextmanager
     def stage(self, name: str, total: "int | None" = None) -> Iterator[Callable[[int], None]]:
         if not self.enabled:
-            yield lambda n=1: None
+            yield _nothing
             return
         from rich.console import Console
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress as RichProgress,
-                                   TextColumn, TimeElapsedColumn, TimeRemainingColumn)
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+        from rich.progress import Progress as RichProgress
 
         bar = RichProgress(TextColumn("{task.description:<10}"), BarColumn(),
                            MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),

@@ -40,17 +40,32 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from precision_lab.experiment import store
-from precision_lab.experiment.config import (ExperimentConfig, SweepPoint, compare_formats,
-                                             config_hash, format_names, generate,
-                                             implementation_keys, resolved_config, source_of,
-                                             sweep_axes, sweep_points)
+from precision_lab.experiment.config import (
+    ExperimentConfig,
+    SweepPoint,
+    compare_formats,
+    config_hash,
+    format_names,
+    generate,
+    implementation_keys,
+    resolved_config,
+    source_of,
+    sweep_axes,
+    sweep_points,
+)
 from precision_lab.experiment.errors import ComputeError, ResultsExistError, RunError
 from precision_lab.experiment.inputs import InputBatch, to_format
 from precision_lab.experiment.measure import measure
 from precision_lab.experiment.progress import NO_PROGRESS, Progress
 from precision_lab.experiment.provenance import environment, git_info, platform_info
-from precision_lab.experiment.records import (AgreementRow, CompareResult, Manifest, RunInfo,
-                                              SummaryRow, summary_columns)
+from precision_lab.experiment.records import (
+    AgreementRow,
+    CompareResult,
+    Manifest,
+    RunInfo,
+    SummaryRow,
+    summary_columns,
+)
 from precision_lab.experiment.tables import ChunkTables, chunk_key, chunk_tables, values_view
 from precision_lab.implementations import get_implementation
 from precision_lab.numerics.formats import get_format
@@ -299,7 +314,6 @@ def _run_locked(cfg: ExperimentConfig, out_root: Path, target: Path, state: str,
                   and old.config_sha256 == digest)
     if state != "absent" and not resume:
         shutil.rmtree(target)  # only reachable with force (preflight refused otherwise)
-    impl_keys = implementation_keys(cfg)
     fmts = format_names(cfg)
     points = sweep_points(cfg)
     axes = sweep_axes(cfg)

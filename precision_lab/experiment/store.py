@@ -41,13 +41,18 @@ import socket
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Literal
 
 import numpy as np
 
 from precision_lab.experiment.errors import DamagedResultsError, LockedError, NotResultsError
-from precision_lab.experiment.records import (AgreementRow, CompareResult, Manifest, RunInfo,
-                                              SummaryRow)
+from precision_lab.experiment.records import (
+    AgreementRow,
+    CompareResult,
+    Manifest,
+    RunInfo,
+    SummaryRow,
+)
 from precision_lab.numerics.formats import get_format
 
 __all__ = ["to_jsonable", "dumps", "number", "sha256_of", "Writer", "Results", "open_results",
@@ -207,7 +212,7 @@ def load_inputs(folder: Path, chunk: str, mmap: bool = True) -> tuple[np.ndarray
     """A chunk's stored logits (in their format's dtype) and targets."""
     fmt = chunk.split("_", 1)[1]
     point = chunk.split("_", 1)[0]
-    mode = "r" if mmap else None
+    mode: 'Literal["r"] | None' = "r" if mmap else None
     x = np.load(folder / f"{chunk}.npy", mmap_mode=mode, allow_pickle=False)
     if get_format(fmt).name == "bfloat16":
         x = x.view(get_format("bfloat16").np_dtype)

@@ -18,8 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from precision_lab.experiment.measure import Measurement
-from precision_lab.experiment.records import (AgreementRow, CompareResult, PairErrorStats,
-                                              SummaryRow)
+from precision_lab.experiment.records import AgreementRow, CompareResult, PairErrorStats, SummaryRow
 from precision_lab.numerics.formats import Format, get_format, ulp_of
 from precision_lab.numerics.metrics import NO_DISTANCE, ulp_distance
 from precision_lab.numerics.stats import error_stats

@@ -31,10 +31,17 @@ from typing import Any, Callable
 import numpy as np
 
 from precision_lab.experiment.store import Results
-from precision_lab.explain.data import (NONFINITE_CATEGORIES, RowFactsData, SampleData,
-                                        aggregate, identical_groups, numeric_axis,
-                                        row_facts_data, sample_data)
-from precision_lab.numerics.formats import get_format, ordered_formats
+from precision_lab.explain.data import (
+    NONFINITE_CATEGORIES,
+    RowFactsData,
+    SampleData,
+    aggregate,
+    identical_groups,
+    numeric_axis,
+    row_facts_data,
+    sample_data,
+)
+from precision_lab.numerics.formats import get_format
 from precision_lab.numerics.stats import ErrorStats
 
 __all__ = ["ANALYSES", "run_analyses", "NonfiniteCount", "NonfiniteAnalysis", "OverflowGroup",
@@ -380,10 +387,12 @@ def cancellation(ctx: Context) -> "CancellationAnalysis | None":
     k = min(impls, key=lambda im: (tot[im], impls.index(im)))
     others = [tot[im] for im in impls if im != k]
     if others and tot[k] * 2 < min(others):
-        never, zero_in, worst = [], [], {}
+        never: list[str] = []
+        zero_in: list[ZeroReturn] = []
+        worst: dict[str, float] = {}
         for fm in d.formats:
-            zr = info.get((fm, k))
-            if zr is None:
+            kz = info.get((fm, k))
+            if kz is None:
                 continue
             f = get_format(fm)
             sel = (d.fmt_mask(fm) & d.impl_mask(k) & ~zero
@@ -392,9 +401,11 @@ def cancellation(ctx: Context) -> "CancellationAnalysis | None":
             r = r[np.isfinite(r)]
             if r.size:
                 worst[fm] = float(r.max())
-            (zero_in if zr.zero else never).append(zr if zr.zero else fm)
-        keeper = Keeper(k, tot[k], [x for x in never if isinstance(x, str)],
-                        [x for x in zero_in if isinstance(x, ZeroReturn)], worst)
+            if kz.zero:
+                zero_in.append(kz)
+            else:
+                never.append(fm)
+        keeper = Keeper(k, tot[k], never, zero_in, worst)
     return CancellationAnalysis(axis, rows, dead, keeper, curves)
 
 
@@ -440,8 +451,7 @@ def _sample_idx(n: int, k: int) -> np.ndarray:
 
 
 def bounds(ctx: Context) -> "BoundsAnalysis | None":
-    from precision_lab.numerics.conditioning import (bhh_loss_bound, derived_loss_bound,
-                                                     to_rigorous)
+    from precision_lab.numerics.conditioning import bhh_loss_bound, derived_loss_bound, to_rigorous
 
     d = ctx.data
     if not ctx.has_inputs or ctx.reduction != "none" or "lse" not in d.implementations:
@@ -721,7 +731,11 @@ ANALYSES: list[tuple[str, Callable[[Context], Any]]] = [
 ]
 
 
-def run_analyses(res: Results, advance: Callable[[int], None] = lambda n=1: None
+def _no_progress(n: int = 1) -> None:
+    return None
+
+
+def run_analyses(res: Results, advance: Callable[[int], None] = _no_progress
                  ) -> tuple["Context | None", dict[str, Any]]:
     """Every analysis that applies: (the shared context, {name: record}).  An analysis that
     fails is recorded as {"failed": message}, so one broken analysis never hides the rest."""

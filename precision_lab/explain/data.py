@@ -19,8 +19,8 @@ from precision_lab.experiment.store import Results
 from precision_lab.numerics.formats import ordered_formats
 from precision_lab.numerics.stats import ErrorStats, error_stats
 
-__all__ = ["SampleData", "sample_data", "RowFactsData", "row_facts_data", "aggregate", "identical_groups", "numeric_axis",
-           "group_label", "NONFINITE_CATEGORIES"]
+__all__ = ["SampleData", "sample_data", "RowFactsData", "row_facts_data", "aggregate",
+           "identical_groups", "numeric_axis", "group_label", "NONFINITE_CATEGORIES"]
 
 #: Categories of a non-finite result where the truth is finite or the wrong infinity.
 NONFINITE_CATEGORIES = ("overflow", "nan", "missed_inf")

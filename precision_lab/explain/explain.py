@@ -29,8 +29,7 @@ import numpy as np
 
 from precision_lab.experiment.measure import measure
 from precision_lab.implementations import REGISTRY, from_torch
-from precision_lab.numerics.conditioning import (bhh_loss_bound, condition_number,
-                                                 derived_loss_bound)
+from precision_lab.numerics.conditioning import bhh_loss_bound, condition_number, derived_loss_bound
 from precision_lab.numerics.formats import FORMAT_NAMES, Format, get_format, round_to
 from precision_lab.numerics.metrics import NO_DISTANCE
 

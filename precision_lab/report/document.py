@@ -100,7 +100,8 @@ def _md_blocks(blocks: list[Block], root: Path, out: list[str]) -> None:
             if cut and b.md_note:
                 out += [b.md_note, ""]
         elif isinstance(b, Image):
-            rel = b.path.relative_to(root).as_posix() if b.path.is_relative_to(root) else b.path.as_posix()
+            rel = (b.path.relative_to(root).as_posix() if b.path.is_relative_to(root)
+                   else b.path.as_posix())
             out += [f"![{b.path.stem}]({rel})", "", f"*{b.caption}*", ""]
         elif isinstance(b, Code):
             out += [b.md_note, ""] if b.md_note else ["```", b.text, "```", ""]

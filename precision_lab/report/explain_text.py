@@ -84,21 +84,21 @@ def verdict(e: Explanation) -> list[str]:
     for key, r in impls.items():
         if r.category not in ("overflow", "nan", "missed_inf"):
             continue
-        where = ""
-        for s in _steps(e.attribution.get(key, {})):
-            flags = s.get("flags") or []
+        where: str = ""
+        for step in _steps(e.attribution.get(key, {})):
+            flags = step.get("flags") or []
             if "overflow" in flags:
-                if s.get("op") == "exp":
-                    where = (f" at step '{s['name']}': exp of {max(xv):g} exceeds {f.name}'s "
+                if step.get("op") == "exp":
+                    where = (f" at step '{step['name']}': exp of {max(xv):g} exceeds {f.name}'s "
                              f"largest finite value {f.max_finite:g} (exp overflows above "
                              f"{math.log(f.max_finite):.2f})")
                 else:
-                    where = f" at step '{s['name']}' ({s.get('op')} overflows)"
+                    where = f" at step '{step['name']}' ({step.get('op')} overflows)"
                 break
             if "nan" in flags:
-                where = (f" at step '{s['name']}' ({s.get('op')} gives NaN"
-                         + (": inf - inf" if s.get("op") in ("sub", "add", "log_softmax") else "")
-                         + ")")
+                where = (f" at step '{step['name']}' ({step.get('op')} gives NaN"
+                         + (": inf - inf" if step.get("op") in ("sub", "add", "log_softmax")
+                            else "") + ")")
                 break
         out.append(f"{key} returns {r.repr}{where}; the truth is {ref_s}.")
     # 4. cancellation: a tiny loss lost
@@ -125,15 +125,15 @@ def verdict(e: Explanation) -> list[str]:
             s += (f" The problem itself is well conditioned (condition number "
                   f"{fmt_num(e.condition_number, 3)}): the error is the algorithm's, not the "
                   "data's.")
-        where = []
+        lost_at = []
         for k in lost:
-            a = e.attribution.get(k, {})
-            st = next((q for q in _steps(a) if q.get("name") == a.get("decisive")), None)
+            att = e.attribution.get(k, {})
+            st = next((q for q in _steps(att) if q.get("name") == att.get("decisive")), None)
             if st:
-                where.append(f"{k} at '{st['name']}' ({st.get('op')})")
-        if where:
+                lost_at.append(f"{k} at '{st['name']}' ({st.get('op')})")
+        if lost_at:
             s += " Where it is lost (the step after which the error stays): " + \
-                 "; ".join(where) + "."
+                 "; ".join(lost_at) + "."
         out.append(s)
     # 5. who is right, who is worst (finite errors only; NaN/inf results named apart)
     fin = {k: r for k, r in impls.items() if r.ulp_error is not None}
@@ -146,9 +146,9 @@ def verdict(e: Explanation) -> list[str]:
             if (fin[worst].ulp_error or 0.0) > 0.5:
                 s += (f" Largest finite error: {worst} with {fmt_num(fin[worst].ulp_error, 3)} "
                       f"ULP (value {impls[worst].repr}).")
-                a = e.attribution.get(worst, {})
-                if a.get("decisive"):
-                    s += f" Its error is decided at step '{a['decisive']}'."
+                att = e.attribution.get(worst, {})
+                if att.get("decisive"):
+                    s += f" Its error is decided at step '{att['decisive']}'."
         if bad:
             s += (f" {join_names(bad)} {'return' if len(bad) > 1 else 'returns'} "
                   + join_names(sorted({impls[k].repr for k in bad}))

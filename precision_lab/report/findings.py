@@ -13,10 +13,18 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from precision_lab.explain.analyses import (AttributionAnalysis, BoundsAnalysis,
-                                            CancellationAnalysis, Context, ExplainedRows,
-                                            FormatsAnalysis, NonfiniteAnalysis, OverflowAnalysis,
-                                            OverflowGroup, TrendAnalysis)
+from precision_lab.explain.analyses import (
+    AttributionAnalysis,
+    BoundsAnalysis,
+    CancellationAnalysis,
+    Context,
+    ExplainedRows,
+    FormatsAnalysis,
+    NonfiniteAnalysis,
+    OverflowAnalysis,
+    OverflowGroup,
+    TrendAnalysis,
+)
 from precision_lab.explain.data import NONFINITE_CATEGORIES, group_label
 from precision_lab.numerics.formats import get_format, ordered_formats
 from precision_lab.report.document import Block, Table
@@ -127,7 +135,8 @@ def agreement(ctx: Context) -> list[Finding]:
     out: list[Finding] = []
     identical: dict[tuple[str, str], list[tuple[str, int]]] = {}
     for fm in ordered_formats({k[0] for k in by}):
-        pairs = [(k[1], k[2], *v) for k, v in by.items() if k[0] == fm and v[0]]
+        pairs: list[tuple[str, str, int, int, int]] = [
+            (k[1], k[2], v[0], v[1], v[2]) for k, v in by.items() if k[0] == fm and v[0]]
         for a, b, n, same, _ in pairs:
             if same == n:
                 identical.setdefault((a, b), []).append((fm, n))
@@ -286,15 +295,15 @@ def cancellation(an: CancellationAnalysis, ctx: Context) -> tuple[list[Finding],
         for g in ctx.groups:
             cells = []
             for fm in fmts:
-                r = info.get((fm, g[0]))
+                zr = info.get((fm, g[0]))
                 if (g[0], fm) not in ctx.stats:
                     cells.append("—")
-                elif r is None:
+                elif zr is None:
                     cells.append("never")
-                elif r.all_from is not None:
-                    cells.append(f"{fmt_num(r.first)} (all from {fmt_num(r.all_from)})")
+                elif zr.all_from is not None:
+                    cells.append(f"{fmt_num(zr.first)} (all from {fmt_num(zr.all_from)})")
                 else:
-                    cells.append(f"{fmt_num(r.first)} ({r.zero}/{r.rows} rows)")
+                    cells.append(f"{fmt_num(zr.first)} ({zr.zero}/{zr.rows} rows)")
             body.append([group_label(g), *cells])
         tables.append(Table(["implementation", *fmts], body,
                             f"First {axis} at which the loss comes back as 0 for a non-zero "
@@ -436,9 +445,9 @@ def formats(an: FormatsAnalysis, bnd: "BoundsAnalysis | None") -> tuple[list[Fin
     for lab, by in groups.items():
         cells = []
         for fm in an.formats:
-            s = by.get(fm)
-            cells.append("—" if s is None or not s.stat else
-                         f"{fmt_pct(s.exact / s.stat)} ({fmt_num(s.ulp_error_mean, 2)})")
+            sh = by.get(fm)
+            cells.append("—" if sh is None or not sh.stat else
+                         f"{fmt_pct(sh.exact / sh.stat)} ({fmt_num(sh.ulp_error_mean, 2)})")
         body.append([lab, *cells])
     return out, [Table(["implementation", *an.formats], body,
                        "Correctly rounded share per format (mean ULP error in that format's "
@@ -594,10 +603,10 @@ def key_findings(ctx: Context, analyses: dict[str, Any]
     found: list[Finding] = []
     tables: list[Block] = []
     for m in mechs:
-        f, t = _key(m, ctx, an)
-        found.extend(f)
+        fs, ts = _key(m, ctx, an)
+        found.extend(fs)
         if not tables:
-            tables.extend(t[:1])
+            tables.extend(ts[:1])
     if len(found) < MAX_KEY_FINDINGS - 1 and "explain" not in mechs:
         acc = accuracy_short(ctx)
         found.extend(acc[:1] if "compare" in mechs else acc)

@@ -22,8 +22,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
-from precision_lab.explain.analyses import (BoundsAnalysis, CancellationAnalysis,  # noqa: E402
-                                            Context, OverflowAnalysis)
+from precision_lab.explain.analyses import (  # noqa: E402
+    BoundsAnalysis,
+    CancellationAnalysis,
+    Context,
+    OverflowAnalysis,
+)
 from precision_lab.explain.data import NONFINITE_CATEGORIES, group_label  # noqa: E402
 from precision_lab.numerics.formats import get_format  # noqa: E402
 

@@ -19,15 +19,25 @@ import dataclasses
 import json
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from precision_lab.experiment.progress import NO_PROGRESS, Progress
 from precision_lab.experiment.store import MANIFEST, Results, Writer
 from precision_lab.explain.analyses import Context, run_analyses
 from precision_lab.explain.data import NONFINITE_CATEGORIES, group_label
 from precision_lab.report import plots as P
-from precision_lab.report.document import (Block, Bullets, Code, Details, Heading, Image, Para,
-                                           Table, render_html, render_markdown)
+from precision_lab.report.document import (
+    Block,
+    Bullets,
+    Code,
+    Details,
+    Heading,
+    Image,
+    Para,
+    Table,
+    render_html,
+    render_markdown,
+)
 from precision_lab.report.findings import Finding, all_findings, key_findings
 from precision_lab.report.text import fmt_num, fmt_rate
 
@@ -237,7 +247,7 @@ def _cell(v: Any) -> Any:
     return v
 
 
-def _record_table(rows: list[Any], title: str) -> Table:
+def _record_table(rows: list[Any], title: str) -> Block:
     """A table of dataclass records (non-transient fields), capped in report.md."""
     dicts = [{f.name: getattr(r, f.name) for f in dataclasses.fields(r)
               if not f.metadata.get("transient")} for r in rows]
@@ -247,7 +257,7 @@ def _record_table(rows: list[Any], title: str) -> Table:
                  "all in report.html and analyses.json.")
 
 
-_SECTIONS = {
+_SECTIONS: dict[str, tuple[str, Callable[[Any], Sequence[Block]]]] = {
     "nonfinite": ("Non-finite results", lambda a: [_record_table(a.counts, "spurious inf/NaN")]
                   if a.counts else []),
     "overflow": ("Where each implementation overflows",
@@ -348,7 +358,7 @@ def build_document(res: Results, ctx: "Context | None", analyses: dict[str, Any]
             blocks.append(Details(f"{next(letter)}. {heading}",
                                   [Para(f"This analysis could not run: {rec['failed']}")]))
             continue
-        content = body(rec)
+        content: list[Block] = list(body(rec))
         if content:
             blocks.append(Details(f"{next(letter)}. {heading}", content))
     if extra.appendix:
