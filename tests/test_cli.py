@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 from typer.testing import CliRunner
 
-from precision_lab.experiment import runner as exp
 from precision_lab.cli import app
+from precision_lab.experiment import runner as exp
+from precision_lab.experiment.store import read_manifest
 
 runner = CliRunner()
 
@@ -26,7 +25,7 @@ def test_run_show_and_refuse_overwrite(tiny_config, tmp_path):
     r = invoke("show", out / "tiny")
     assert r.exit_code == 0, r.output
     assert "implementation" in r.output and "ulp mean" in r.output and "torch" in r.output
-    assert "ulp_hist_float16.png" in r.output and "report.html" in r.output
+    assert "plots/ulp_hist.png" in r.output and "report.html" in r.output
 
     before = (out / "tiny" / "manifest.json").read_bytes()
     r = invoke("run", "--quiet", "--out", out, tiny_config)
@@ -93,11 +92,12 @@ def test_interrupt_then_resume(tiny_config, tmp_path, monkeypatch):
         mp.setattr(exp, "compute_chunk", flaky)
         r = invoke("run", "--quiet", "--out", out, tiny_config)
     assert r.exit_code == 130 and "--resume" in r.output
-    m = json.loads((out / "tiny" / "manifest.json").read_text())
-    assert m["status"] == "partial" and m["chunks_done"] == 2
+    m = read_manifest(out / "tiny")
+    assert m.status == "partial" and m.chunks_done == 2
 
     r = invoke("show", out / "tiny")
-    assert r.exit_code == 2 and "partial" in r.output
+    assert r.exit_code == 2 and "unfinished run (2 of 4 chunks done)" in r.output
+    assert f"--resume {tiny_config}" in r.output
     r = invoke("run", "--quiet", "--out", out, tiny_config)
     assert r.exit_code == 2 and "--resume" in r.output
     r = invoke("run", "--out", out, "--resume", tiny_config)
@@ -133,7 +133,7 @@ def test_show_open_uses_the_browser(tiny_config, tmp_path, monkeypatch):
 
 def test_show_rejects_a_non_results_folder(tmp_path):
     r = invoke("show", tmp_path)
-    assert r.exit_code == 2 and "not a results folder" in r.output
+    assert r.exit_code == 2 and "not a precision-lab results folder" in r.output
 
 
 def test_python_dash_m_entry_point():

@@ -11,23 +11,32 @@ import torch
 
 from precision_lab.experiment import runner as exp
 from precision_lab.experiment.config import load_config
-from precision_lab.numerics.sums import reduce_in_format
-from precision_lab.experiment.runner import (ResultsExistError, RunError,
-                                      run_experiment)
-from precision_lab.numerics.metrics import CATEGORIES
+from precision_lab.experiment.records import SUMMARY_STATS
+from precision_lab.experiment.runner import ResultsExistError, RunError, run_experiment
+from precision_lab.experiment.store import open_results, read_manifest
+from precision_lab.implementations import Capabilities
 from precision_lab.implementations.seed import compute_crossentropyloss_manual
+from precision_lab.numerics.metrics import CATEGORIES
+from precision_lab.numerics.sums import reduce_in_format
 
 SAMPLE_COLUMNS = ["point", "scale", "sample", "batch", "row", "implementation", "format",
                   "computed", "reference", "exact_hi", "exact_lo", "ulp_distance", "ulp_error",
                   "bits_of_error", "relative_error", "category"]
 
 
+def _report(res, progress):
+    from precision_lab.report.report import write_report
+
+    write_report(res, progress)
+
+
 def test_results_folder_schema(tiny_config, tmp_path):
-    res = run_experiment(load_config(tiny_config), tmp_path / "out", quiet=True)
+    res = run_experiment(load_config(tiny_config), tmp_path / "out", finalize=_report)
     d = res.path
     assert d == tmp_path / "out" / "tiny"
-    for name in ("samples.parquet", "summary.json", "summary.csv", "agreement.json",
-                 "agreement.csv", "manifest.json", "report.md", "report.html"):
+    for name in ("samples.parquet", "rows.parquet", "summary.json", "summary.csv",
+                 "agreement.json", "agreement.csv", "analyses.json", "manifest.json", "run.json",
+                 "report.md", "report.html"):
         assert (d / name).is_file(), name
     assert not (d / "partial").exists()
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["tiny"]  # no temp dirs
@@ -51,8 +60,7 @@ def test_results_folder_schema(tiny_config, tmp_path):
     assert len(rows) == 2 * 3 * 2 and summary["sweep_axes"] == ["scale"]
     r0 = rows[0]
     assert list(r0)[:4] == ["point", "scale", "implementation", "format"]
-    for k in exp.SUMMARY_STATS:
-        assert k in r0
+    assert list(r0)[4:] == list(SUMMARY_STATS)
     assert r0["count"] == 6 and sum(r0[f"n_{c}"] for c in CATEGORIES) == 6
     assert (d / "summary.csv").read_text().splitlines()[0].startswith(
         "point,scale,implementation,format,count")
@@ -62,24 +70,55 @@ def test_results_folder_schema(tiny_config, tmp_path):
     assert {"implementation_a", "implementation_b", "identical_rate", "ulp_distance_mean",
             "ulp_distance_max"} <= set(agree[0])
 
-    m = json.loads((d / "manifest.json").read_text())
-    assert m["status"] == "complete" and len(m["config_sha256"]) == 64
-    assert m["config"]["formats"] == ["float16", "float32"]
-    assert m["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
-    assert m["versions"]["torch"] == torch.__version__ and m["seed"] == 7
-    assert [p["params"]["scale"] for p in m["points"]] == [1.0, 30.0]
-    assert "timings" in m and "wall_seconds" in m and "platform" in m
-    plots = sorted(p.name for p in (d / "plots").glob("*.png"))  # the report may add its own
-    assert set(plots) >= {"ulp_hist_float16.png", "ulp_hist_float32.png",
-                          "ulp_vs_scale_float16.png", "ulp_vs_scale_float32.png",
-                          "mean_ulp_by_format.png"}
-    assert sorted(m["plots"]) == sorted(f"plots/{p}" for p in plots)
+    m = read_manifest(d)
+    assert m.status == "complete" and len(m.config_sha256) == 64
+    assert m.config["formats"] == ["float16", "float32"]
+    assert m.environment["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert m.environment["versions"]["torch"] == torch.__version__ and m.config["seed"] == 7
+    assert [p["params"]["scale"] for p in m.points] == [1.0, 30.0]
+    assert m.counts == {"logit_rows": 12, "evaluations": 72, "implementations": 3,
+                        "formats": 2}
+    # the manifest lists every file with its sha256 (run.json and itself excepted)
+    listed = set(m.files)
+    on_disk = {str(p.relative_to(d)) for p in d.rglob("*") if p.is_file()
+               and not str(p.relative_to(d)).startswith("inputs/")}
+    assert on_disk - listed == {"manifest.json", "run.json"}
+    assert set(m.inputs) == {f"inputs/p0000{i}_{f}.npy" for i in (0, 1)
+                             for f in ("float16", "float32")} | \
+        {"inputs/p00000_targets.npy", "inputs/p00001_targets.npy"}
+    assert set(m.plots) <= listed and all(m.plots.values())  # every plot has a caption
+    assert open_results(d).summary()[0].implementation == "naive"
+    # nothing that changes from run to run in the committed part
+    text = (d / "manifest.json").read_text()
+    for word in ("started_at", "finished_at", "host", "commit"):
+        assert word not in text
+    info = json.loads((d / "run.json").read_text())
+    assert info["started_at"] and set(info["stage_seconds"]) == {"compute", "report", "total"}
+
+
+def test_stored_inputs_are_what_was_measured(tiny_config, tmp_path):
+    """The rounded inputs the run stores reproduce every reference value."""
+    from precision_lab.numerics.reference import cross_entropy
+
+    d = run_experiment(load_config(tiny_config), tmp_path).path
+    res = open_results(d)
+    t = res.samples()
+    for point in (0, 1):
+        for fmt in ("float16", "float32"):
+            x, y = res.inputs(point, fmt)
+            assert x.shape == (2, 3, 5) and str(x.dtype) == fmt
+            ref = cross_entropy(np.asarray(x).reshape(6, 5), np.asarray(y).reshape(6), fmt)
+            sel = [i for i in range(t.num_rows) if t.column("point")[i].as_py() == point
+                   and t.column("format")[i].as_py() == fmt
+                   and t.column("implementation")[i].as_py() == "lse"]
+            got = np.array([t.column("reference")[i].as_py() for i in sel])
+            assert np.array_equal(got, ref.astype(np.float64))
 
 
 def test_same_config_gives_identical_tables(tiny_config, tmp_path):
     cfg = load_config(tiny_config)
-    a = run_experiment(cfg, tmp_path / "a", quiet=True).path
-    b = run_experiment(cfg, tmp_path / "b", quiet=True).path
+    a = run_experiment(cfg, tmp_path / "a").path
+    b = run_experiment(cfg, tmp_path / "b").path
     for name in ("samples.parquet", "summary.json", "summary.csv", "agreement.json",
                  "agreement.csv"):
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
@@ -87,14 +126,14 @@ def test_same_config_gives_identical_tables(tiny_config, tmp_path):
 
 def test_existing_results_are_never_overwritten_silently(tiny_config, tmp_path):
     cfg = load_config(tiny_config)
-    run_experiment(cfg, tmp_path, quiet=True)
+    run_experiment(cfg, tmp_path)
     before = (tmp_path / "tiny" / "manifest.json").read_bytes()
     with pytest.raises(ResultsExistError, match="--force"):
-        run_experiment(cfg, tmp_path, quiet=True)
+        run_experiment(cfg, tmp_path)
     assert (tmp_path / "tiny" / "manifest.json").read_bytes() == before
     with pytest.raises(ResultsExistError, match="nothing to resume"):
-        run_experiment(cfg, tmp_path, quiet=True, resume=True)
-    res = run_experiment(cfg, tmp_path, quiet=True, force=True)
+        run_experiment(cfg, tmp_path, resume=True)
+    res = run_experiment(cfg, tmp_path, force=True)
     assert res.computed_chunks == 4
 
 
@@ -113,54 +152,52 @@ def _interrupt_after(monkeypatch, n: int):
 
 def test_interrupt_then_resume_equals_uninterrupted(tiny_config, tmp_path, monkeypatch):
     cfg = load_config(tiny_config)
-    clean = run_experiment(cfg, tmp_path / "clean", quiet=True).path
+    clean = run_experiment(cfg, tmp_path / "clean").path
     out = tmp_path / "run"
     with monkeypatch.context() as mp:
         _interrupt_after(mp, 1)
         with pytest.raises(KeyboardInterrupt):
-            run_experiment(cfg, out, quiet=True)
+            run_experiment(cfg, out)
     target = out / "tiny"
-    m = json.loads((target / "manifest.json").read_text())
-    assert m["status"] == "partial" and m["chunks_done"] == 1 and m["chunks_total"] == 4
-    assert [p.name for p in (target / "partial").glob("*.parquet")] == ["p00000_float16.parquet"]
+    m = read_manifest(target)
+    assert m.status == "partial" and m.chunks_done == 1 and len(m.chunks) == 4
+    assert sorted(p.name for p in (target / "partial").glob("*.parquet")) == [
+        "p00000_float16.parquet", "p00000_float16.rows.parquet"]
     assert not (target / "samples.parquet").exists()
     assert sorted(p.name for p in out.iterdir()) == ["tiny"]  # no half-written folder
     with pytest.raises(ResultsExistError, match="--resume"):
-        run_experiment(cfg, out, quiet=True)
-    res = run_experiment(cfg, out, quiet=True, resume=True)
+        run_experiment(cfg, out)
+    res = run_experiment(cfg, out, resume=True)
     assert (res.computed_chunks, res.resumed_chunks) == (3, 1)
     for name in ("samples.parquet", "summary.json", "agreement.json"):
         assert (target / name).read_bytes() == (clean / name).read_bytes(), name
-    assert json.loads((target / "manifest.json").read_text())["status"] == "complete"
+    assert read_manifest(target).status == "complete"
 
 
 def test_resume_refuses_a_changed_config(tiny_config, tmp_path, monkeypatch, write_config):
     with monkeypatch.context() as mp:
         _interrupt_after(mp, 1)
         with pytest.raises(KeyboardInterrupt):
-            run_experiment(load_config(tiny_config), tmp_path, quiet=True)
+            run_experiment(load_config(tiny_config), tmp_path)
     changed = write_config(tiny_config.read_text().replace("seed = 7", "seed = 8"), "b.toml")
     with pytest.raises(RunError, match="different config"):
-        run_experiment(load_config(changed), tmp_path, quiet=True, resume=True)
+        run_experiment(load_config(changed), tmp_path, resume=True)
     assert (tmp_path / "tiny" / "partial" / "p00000_float16.parquet").exists()
-    res = run_experiment(load_config(changed), tmp_path, quiet=True, resume=True, force=True)
+    res = run_experiment(load_config(changed), tmp_path, resume=True, force=True)
     assert (res.computed_chunks, res.resumed_chunks) == (4, 0)  # --force starts over
 
 
-def test_failure_while_finishing_keeps_chunks(tiny_config, tmp_path, monkeypatch):
-    def boom(*a, **k):
+def test_failure_while_finishing_keeps_chunks(tiny_config, tmp_path):
+    def boom(res, progress):
         raise RuntimeError("plotting failed")
 
-    import precision_lab.report.plots as plots
-
-    monkeypatch.setattr(plots, "make_plots", boom)
     out = tmp_path / "out"
     with pytest.raises(RuntimeError):
-        run_experiment(load_config(tiny_config), out, quiet=True)
+        run_experiment(load_config(tiny_config), out, finalize=boom)
     assert sorted(p.name for p in out.iterdir()) == ["tiny"]  # the temp folder is gone
-    assert len(list((out / "tiny" / "partial").glob("*.parquet"))) == 4
-    monkeypatch.undo()
-    res = run_experiment(load_config(tiny_config), out, quiet=True, resume=True)
+    assert len(list((out / "tiny" / "partial").glob("p*_*[0-9].parquet"))) == 4
+    assert read_manifest(out / "tiny").status == "partial"
+    res = run_experiment(load_config(tiny_config), out, resume=True)
     assert res.computed_chunks == 0 and res.resumed_chunks == 4
 
 
@@ -196,15 +233,15 @@ def reducing_impl(logits, targets, fmt, reduction="none"):
     return np.asarray(out, dtype=f.np_dtype) if reduction != "none" else out.astype(f.np_dtype)
 
 
-from precision_lab.implementations import Capabilities  # noqa: E402
-
 reducing_impl.capabilities = Capabilities(own_reduction=True)  # type: ignore[attr-defined]
 
 
 def test_implementation_with_its_own_reduction_is_asked(write_config, tmp_path, monkeypatch):
+    import precision_lab.experiment.measure as measure
+
     seen = []
-    real = exp.reduce_in_format
-    monkeypatch.setattr(exp, "reduce_in_format",
+    real = measure.reduce_in_format
+    monkeypatch.setattr(measure, "reduce_in_format",
                         lambda *a: seen.append(1) or real(*a))
     cfg = load_config(write_config("""
         name = "red"
@@ -218,7 +255,7 @@ def test_implementation_with_its_own_reduction_is_asked(write_config, tmp_path, 
         [inputs]
         generator = "uniform"
     """))
-    d = run_experiment(cfg, tmp_path, quiet=True).path
+    d = run_experiment(cfg, tmp_path).path
     t = pq.read_table(d / "samples.parquet")
     assert t.num_rows == 2 * 3 and set(t.column("row").to_pylist()) == {-1}
     assert len(seen) == 3  # only lse went through the generic reduction, once per batch
@@ -236,13 +273,12 @@ def test_every_metric_column_against_an_independent_oracle(tiny_config, tmp_path
     import mpmath
     from oracles import exact_loss
 
-    from precision_lab.experiment.config import sweep_points
+    from precision_lab.experiment.config import generate, sweep_points
+    from precision_lab.experiment.inputs import to_format
     from precision_lab.numerics.formats import get_format, round_to
-    from precision_lab.experiment.config import generate
-from precision_lab.experiment.inputs import to_format
 
     cfg = load_config(tiny_config)
-    t = pq.read_table(run_experiment(cfg, tmp_path / "out", quiet=True).path / "samples.parquet")
+    t = pq.read_table(run_experiment(cfg, tmp_path / "out").path / "samples.parquet")
     cols = {c: t.column(c).to_pylist() for c in t.column_names}
     batches = {p.index: generate(cfg, p) for p in sweep_points(cfg)}
     checked = 0

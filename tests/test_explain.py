@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from precision_lab.cli import app
 from precision_lab.explain.explain import ExplainInputError, explain
 from precision_lab.implementations import REGISTRY
+from precision_lab.report.explain_text import verdict
 
 runner = CliRunner()
 
@@ -45,9 +46,9 @@ def test_json_schema_and_cancellation_case() -> None:
 
 def test_seed_example_logits_not_probabilities() -> None:
     d = explain(["0", "0", "0", "1"], 3, "float32")
-    assert d["reference"] == pytest.approx(0.7436683806286791, rel=1e-7)
-    assert d["softmax_target"] == pytest.approx(0.4753668864186717, rel=1e-12)
-    text = d["verdict"][0]
+    assert d.reference == pytest.approx(0.7436683806286791, rel=1e-7)
+    assert d.softmax_target == pytest.approx(0.4753668864186717, rel=1e-12)
+    text = verdict(d)[0]
     assert "takes logits" in text and "e/(3 + e) = 0.4754" in text and "-log 0.4754 = 0.7437" in text
     res = _run("--logits", "0,0,0,1", "--target", "3")
     assert res.exit_code == 0 and "e/(3 + e) = 0.4754" in res.output
@@ -55,8 +56,8 @@ def test_seed_example_logits_not_probabilities() -> None:
 
 def test_overflow_verdict_names_the_step() -> None:
     d = explain([12, 0, 1, 2], 1, "float16")
-    assert d["implementations"]["naive"]["category"] == "overflow"
-    assert any("naive returns inf at step 'e'" in v and "11.09" in v for v in d["verdict"])
+    assert d.implementations["naive"].category == "overflow"
+    assert any("naive returns inf at step 'e'" in v and "11.09" in v for v in verdict(d))
 
 
 def test_file_input(tmp_path) -> None:

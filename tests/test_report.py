@@ -1,131 +1,28 @@
-"""report.write_report on a tiny synthetic results folder."""
+"""The report of real (small) runs: the answer first, numbers from the data, self-contained HTML."""
 
 from __future__ import annotations
 
 import base64
-import json
+import math
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from precision_lab.experiment.config import load_config
+from precision_lab.experiment.runner import run_experiment
+from precision_lab.experiment.store import open_results, read_manifest, verify
 from precision_lab.report.report import write_report
 
 
-def _png(path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(2, 1.5), dpi=50)
-    ax.plot([0, 1], [1, 0])
-    fig.savefig(path)
-    plt.close(fig)
+def _report(res, progress):
+    write_report(res, progress)
 
 
-def _row(point, scale, impl, fmt, n_finite, exact, n_overflow=0, umax=0.5):
-    return {"point": point, "scale": scale, "implementation": impl, "format": fmt,
-            "count": n_finite + n_overflow, "exact_match_rate": exact / n_finite if n_finite else None,
-            "ulp_error_mean": 0.3, "ulp_error_median": 0.25, "ulp_error_p90": 0.45,
-            "ulp_error_p99": 0.5, "ulp_error_max": umax, "bits_mean": 0.1,
-            "n_finite": n_finite, "n_inf_match": 0, "n_overflow": n_overflow, "n_nan": 0,
-            "n_missed_inf": 0, "n_undefined": 0}
-
-
-@pytest.fixture()
-def folder(tmp_path: Path) -> Path:
-    d = tmp_path / "scale_sweep"
-    (d / "plots").mkdir(parents=True)
-    _png(d / "plots" / "ulp_error_vs_scale.png")
-    _png(d / "plots" / "overflow_rate.png")
-    manifest = {
-        "config": {"name": "scale_sweep", "question": "Where does naive overflow in float16?",
-                   "description": "Logits scaled by s."},
-        "config_sha256": "ab" * 32, "versions": {"torch": "2.13.0", "numpy": "2.0"},
-        "cpu_capability": "AVX512", "platform": "Linux-x86_64", "seed": 0,
-        "git_commit": "deadbeef", "status": "complete",
-    }
-    (d / "manifest.json").write_text(json.dumps(manifest))
-    summary = [
-        _row(0, 8.0, "naive", "float16", 500, 400),
-        _row(1, 12.0, "naive", "float16", 453, 300, n_overflow=47, umax=7.25),
-        _row(0, 8.0, "lse_log1p", "float16", 500, 497),
-        _row(1, 12.0, "lse_log1p", "float16", 500, 496),
-    ]
-    (d / "summary.json").write_text(json.dumps(summary))
-    agreement = [{"point": 0, "scale": 8.0, "format": "float16", "a": "naive", "b": "lse_log1p",
-                  "identical_rate": 0.8, "ulp_distance_mean": 0.2, "ulp_distance_max": 3, "count": 500}]
-    (d / "agreement.json").write_text(json.dumps(agreement))
-    return d
-
-
-def test_report_html_is_self_contained_and_findings_carry_numbers(folder: Path) -> None:
-    md, ht = write_report(folder)
-    assert md == folder / "report.md" and ht == folder / "report.html"
-    h = ht.read_text()
-    imgs = re.findall(r"<img\b[^>]*>", h)
-    assert len(imgs) == 2
-    for tag in imgs:
-        m = re.search(r'src="data:image/png;base64,([^"]+)"', tag)
-        assert m, tag[:80]
-        raw = base64.b64decode(m.group(1), validate=True)
-        assert raw.startswith(b"\x89PNG\r\n\x1a\n")
-    # the question and provenance come from the manifest
-    assert "Where does naive overflow in float16?" in h
-    assert "ab" * 32 in h and "AVX512" in h and "deadbeef" in h
-    # findings carry numbers from the data
-    assert "lse_log1p is correctly rounded on 99.3% (993/1000)" in h
-    assert "naive overflows to inf on 47 of 1000 float16 samples; first at scale = 12 (none at scale = 8)" in h
-    assert "7.25 ULP (naive)" in h
-    assert "bit-identical on 80.0% (400/500)" in h
-    text = md.read_text()
-    assert "](plots/ulp_error_vs_scale.png)" in text
-    assert "99.3% (993/1000)" in text
-
-
-def test_report_without_plots_or_summary(tmp_path: Path) -> None:
-    (tmp_path / "manifest.json").write_text(json.dumps({"config": {"description": "d"}}))
-    md, ht = write_report(tmp_path)
-    assert "<img" not in ht.read_text()
-    assert "d" in md.read_text()
-
-
-# --------------------------------------------------------------------------- report layout
-
-def _sweep_folder(root: Path, points: int = 40) -> Path:
-    """A synthetic sweep the size of the bundled ones: 8 implementations x 4 formats x
-    `points` sweep points, every pair in the agreement table, naive overflowing from
-    scale = 20 in float16, four plots."""
-    d = root / "big_sweep"
-    (d / "plots").mkdir(parents=True)
-    for name in ("ulp_hist_float16", "ulp_vs_scale_float32", "mean_ulp_by_format", "extra_plot"):
-        _png(d / "plots" / f"{name}.png")
-    impls = ["naive", "naive_softmax", "lse", "lse_log1p", "torch", "torch_logsoftmax_nll",
-             "torch_manual", "scipy"]
-    fmts = ["float16", "bfloat16", "float32", "float64"]
-    manifest = {"config": {"name": "big_sweep", "question": "Where does naive overflow?",
-                           "description": "Logits scaled by s, swept."},
-                "config_sha256": "cd" * 32, "status": "complete",
-                "timings": {f"p{i:05d}_{f}": 0.01 for i in range(points) for f in fmts}}
-    (d / "manifest.json").write_text(json.dumps(manifest))
-    summary, agreement = [], []
-    for p in range(points):
-        scale = float(p)
-        for fm in fmts:
-            for k, im in enumerate(impls):
-                over = 20 if (im == "naive" and fm == "float16" and p >= 20) else 0
-                summary.append(_row(p, scale, im, fm, 20 - over, 15 - k % 3 if not over else 0,
-                                    n_overflow=over, umax=0.5 + k))
-            for i, a in enumerate(impls):
-                for b in impls[i + 1:]:
-                    agreement.append({"point": p, "scale": scale, "format": fm, "a": a, "b": b,
-                                      "identical_rate": 1.0 if {a, b} == {"torch", "torch_logsoftmax_nll"}
-                                      else 0.75, "ulp_distance_mean": 0.3,
-                                      "ulp_distance_max": 2, "count": 20})
-    (d / "summary.json").write_text(json.dumps(summary))
-    (d / "agreement.json").write_text(json.dumps(agreement))
-    return d
+def _run(write_config, tmp_path: Path, text: str) -> Path:
+    return run_experiment(load_config(write_config(text)), tmp_path / "out",
+                          finalize=_report).path
 
 
 def _section(md: str, heading: str) -> str:
@@ -134,88 +31,145 @@ def _section(md: str, heading: str) -> str:
     return md[start:nxt if nxt >= 0 else None]
 
 
-def test_key_findings_lead_the_report_and_carry_numbers(folder: Path) -> None:
-    md, ht = write_report(folder)
-    text = md.read_text()
-    # title, question, then the answer: before any table, plot or the appendix
-    assert text.index("## Question") < text.index("## Answer: key findings") < text.index("## Summary")
-    assert text.index("## Answer: key findings") < text.index("## Appendix")
-    assert text.index("## Answer: key findings") < 1500
-    bullets = [ln for ln in _section(text, "## Answer: key findings").splitlines() if ln.startswith("- ")]
-    assert 3 <= len(bullets) <= 8
-    assert all(re.search(r"\d", b) for b in bullets)
-    # the overflow threshold found along the sweep axis leads
-    assert bullets[0].startswith("- In float16, naive returns inf/NaN from scale = 12 "
-                                 "(finite at scale = 8), on 47 of 1000 rows")
-    # the compact summary: one row per implementation x format
-    summ = _section(text, "## Summary")
-    assert summ.count("\n| float16 |") == 2
+OVERFLOW = """
+name = "ovf"
+question = "Where does naive overflow in float16?"
+description = "Logits mean + N(0, 1), mean swept."
+classes = 10
+batch_size = 10
+samples = 4
+seed = 3
+formats = ["float16"]
+implementations = ["naive", "lse_log1p", "torch"]
+[inputs]
+generator = "normal"
+mean = [0.0, 5.0, 12.0]
+"""
 
 
-def test_sweep_report_md_stays_small_and_html_keeps_everything(tmp_path: Path) -> None:
-    d = _sweep_folder(tmp_path)
-    md, ht = write_report(d)
-    text = md.read_text()
-    assert len(text.encode()) < 20_000, len(text.encode())
-    # the key findings name the overflow threshold and the implementations that never overflow
-    key = _section(text, "## Answer: key findings")
-    assert "naive returns inf/NaN from scale = 20 (finite at scale = 19)" in key
-    assert "never return inf or NaN" in key
-    # identical implementations share a row of the compact summary; 7 rows per format
-    summ = _section(text, "## Summary")
-    assert "torch = torch_logsoftmax_nll" in summ
-    assert summ.count("\n| float32 |") == 7
-    # the big tables are capped in report.md and point to the CSV files
-    assert "(summary.csv)" in text and "(agreement.csv)" in text
-    h = ht.read_text()
-    # report.html: the appendix sections are collapsed, the answer is not
-    assert h.count("<details>") == h.count("</details>") >= 4
-    first = h.index("<details>")
-    assert h.index("Answer: key findings") < first and h.index("All findings") > first
-    assert re.search(r"<details><summary>[A-Z]\. Provenance</summary>", h)
-    # ... and holds the full per-point table (up to its cap)
-    assert h.count("<tr>") > 600
+@pytest.fixture
+def overflow_run(write_config, tmp_path):
+    return _run(write_config, tmp_path, OVERFLOW)
 
 
-def test_every_img_has_png_data(tmp_path: Path) -> None:
-    d = _sweep_folder(tmp_path, points=3)
-    _, ht = write_report(d)
-    h = ht.read_text()
+def test_overflow_finding_matches_an_independent_count(overflow_run: Path) -> None:
+    """naive in float16 overflows exactly where lse(x) > ln(65504): counted here from the
+    stored inputs with plain numpy, then looked up in the report's key findings."""
+    res = open_results(overflow_run)
+    n_above = first = None
+    counts = []
+    for point, mean in enumerate((0.0, 5.0, 12.0)):
+        x, _ = res.inputs(point, "float16")
+        x64 = np.asarray(x, dtype=np.float64).reshape(-1, 10)
+        lse = np.log(np.exp(x64).sum(axis=1))
+        k = int((lse > math.log(65504.0)).sum())
+        counts.append(k)
+        if k and first is None:
+            first = mean
+    n_above = sum(counts)
+    assert first == 12.0 and counts[0] == counts[1] == 0 and n_above > 0
+    md = (overflow_run / "report.md").read_text()
+    key = _section(md, "## Answer: key findings")
+    assert (f"In float16, naive returns inf/NaN from mean = 12 (finite at mean = 5), on "
+            f"{n_above} of 120 rows: exactly the {n_above} of 120 rows whose lse(x) exceeds "
+            "ln(max finite) = 11.090") in key
+    assert "lse_log1p and torch never return a spurious inf or NaN" in key
+    # the same count stands in the samples table
+    d = res.samples()
+    cat = np.array(d.column("category").to_pylist())
+    impl = np.array(d.column("implementation").to_pylist())
+    assert int(((impl == "naive") & np.isin(cat, ["overflow", "nan"])).sum()) == n_above
+
+
+def test_report_layout_and_self_contained_html(overflow_run: Path) -> None:
+    md = (overflow_run / "report.md").read_text()
+    assert md.index("## Question") < md.index("## Answer: key findings") < md.index("## Summary")
+    assert md.index("## Answer: key findings") < md.index("## Appendix")
+    bullets = [ln for ln in _section(md, "## Answer: key findings").splitlines()
+               if ln.startswith("- ")]
+    assert 3 <= len(bullets) <= 8 and all(re.search(r"\d", b) for b in bullets)
+    assert "](plots/nonfinite_vs_overflow_margin.png)" in md
+    h = (overflow_run / "report.html").read_text()
     imgs = re.findall(r"<img\b[^>]*>", h)
-    assert len(imgs) == 4
+    plots = read_manifest(overflow_run).plots
+    assert len(imgs) == len(plots) >= 3
     for tag in imgs:
         m = re.search(r'src="data:image/png;base64,([^"]+)"', tag)
-        assert m, tag[:80]
-        assert base64.b64decode(m.group(1), validate=True).startswith(b"\x89PNG\r\n\x1a\n")
+        assert m and base64.b64decode(m.group(1), validate=True).startswith(b"\x89PNG")
+    assert h.count("<details>") == h.count("</details>") >= 3
+    assert h.index("Answer: key findings") < h.index("<details>")
+    assert re.search(r"<details><summary>[A-Z]\. Provenance</summary>", h)
+    assert "Where does naive overflow in float16?" in h
+    assert read_manifest(overflow_run).config_sha256 in h
 
 
-def test_capability_study_leads_with_the_pass_share_per_kernel_set(tmp_path: Path) -> None:
-    """A folder without summary.json (the capability study): the answer comes from the tables
-    of capabilities.json."""
-    (tmp_path / "manifest.json").write_text(json.dumps({"config": {"question": "Does it depend?"}}))
-    per = [{"requested": c, "batches": 1000, "passed_1e-15": p, "pass_equals_bit_identity": True,
-            "median_loss": 2.335, "ulp_at_median_loss": 2.384e-07,
-            "smallest_nonzero_difference": 2.384e-07, "ce_correctly_rounded": 580,
-            "manual_correctly_rounded": 597, "ce_ulp_error_max": 2.05, "manual_ulp_error_max": 2.43}
-           for c, p in (("default", 611), ("avx2", 607))]
-    between = [{"a": "default", "b": "avx2", "ce_identical": 879, "manual_identical": 1000,
-                "batches": 1000}]
-    (tmp_path / "capabilities.json").write_text(json.dumps(
-        {"text": "study", "findings": ["a stored finding"],
-         "tables": {"per capability": per, "between capabilities": between}}))
-    md, ht = write_report(tmp_path, analyses=False)
-    key = _section(md.read_text(), "## Answer: key findings")
-    assert "default 61.1% (611/1000); avx2 60.7% (607/1000)" in key
-    assert "passing batches are exactly the bit-identical ones" in key
-    assert "87.9% (879/1000) (default vs avx2)" in key
-    assert "a stored finding" not in key and "a stored finding" in md.read_text()
+def test_analyses_json_holds_numbers_not_sentences(overflow_run: Path) -> None:
+    an = open_results(overflow_run).analyses()
+    assert set(an) >= {"nonfinite", "overflow", "attribution", "trend"}
+    groups = an["overflow"]["groups"]
+    naive = next(g for g in groups if g["implementations"] == ["naive"])
+    assert naive["non_finite"] == naive["rows_lse_above_ln_max"] > 0
+    assert naive["shifted_sum_overflow"] == 0 and naive["first"] == 12.0
+
+    def no_sentences(obj):
+        if isinstance(obj, dict):
+            return all(no_sentences(v) for v in obj.values())
+        if isinstance(obj, list):
+            return all(no_sentences(v) for v in obj)
+        return not (isinstance(obj, str) and len(obj.split()) > 6)
+
+    assert no_sentences(an)
+
+
+CANCEL = """
+name = "cancel"
+question = "Where is the tiny loss lost?"
+classes = 10
+batch_size = 10
+samples = 2
+seed = 5
+formats = ["float32", "bfloat16"]
+implementations = ["lse", "lse_log1p", "torch"]
+[inputs]
+generator = "confident"
+margin = [0.0, 10.0, 20.0, 30.0]
+"""
+
+
+def test_cancellation_findings_and_the_keeper(write_config, tmp_path):
+    d = _run(write_config, tmp_path, CANCEL)
+    res = open_results(d)
+    t = res.samples()
+    comp = np.array(t.column("computed").to_pylist())
+    ref = np.array(t.column("reference").to_pylist())
+    impl = np.array(t.column("implementation").to_pylist())
+    fmt = np.array(t.column("format").to_pylist())
+    margin = np.array(t.column("margin").to_pylist())
+    zero = (comp == 0) & (ref != 0)
+    # lse in float32: the first margin where a row comes back 0, counted here
+    sel = (impl == "lse") & (fmt == "float32")
+    first = min(margin[sel & zero])
+    md = (d / "report.md").read_text()
+    key = _section(md, "## Answer: key findings")
+    assert "In float32, the loss comes back as exactly 0 although the true loss is not 0" in key
+    sentence = next(ln for ln in key.splitlines() if ln.startswith("- In float32, the loss"))
+    assert re.search(rf"\blse(, [a-z_]+)*( and [a-z_]+)? from margin = {first:g}\b", sentence)
+    assert not (zero & (impl == "lse_log1p")).any()
+    assert "lse_log1p keeps the loss: it never returns 0 in bfloat16 and float32" in key
+    assert "](plots/relative_error_vs_margin.png)" in md
+
+
+def test_write_report_on_an_existing_folder_updates_the_manifest(overflow_run: Path) -> None:
+    (overflow_run / "report.md").unlink()
+    write_report(open_results(overflow_run, check=False))
+    m = read_manifest(overflow_run)
+    assert "report.md" in m.files and verify(overflow_run, m) == []
 
 
 def test_committed_reports_have_no_failed_analyses() -> None:
-    """Every bundled report under results/ was written without a finder, key-finding
-    selector or analysis failing (their failures are printed into the report, not raised)."""
+    """Every bundled report under results/ was written without an analysis failing (their
+    failures are printed into the report, not raised)."""
     reports = sorted((Path(__file__).resolve().parent.parent / "results").glob("*/report.md"))
     assert len(reports) >= 7
     for p in reports:
-        text = p.read_text()
-        assert " failed: " not in text, p
+        assert "could not run" not in p.read_text(), p

@@ -14,22 +14,29 @@ import torch.nn as nn
 
 from precision_lab.experiment.config import load_config
 from precision_lab.experiment.runner import run_experiment
+from precision_lab.experiment.store import read_manifest
 from precision_lab.implementations.seed import compute_crossentropyloss_manual
 
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 
 
+def _report(res, progress):
+    from precision_lab.report.report import write_report
+
+    write_report(res, progress)
+
+
 @pytest.fixture(scope="module")
 def seed_question(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("seedq")
-    return run_experiment(load_config(EXPERIMENTS / "seed_question.toml"), out, quiet=True).path
+    return run_experiment(load_config(EXPERIMENTS / "seed_question.toml"), out).path
 
 
 @pytest.fixture(scope="module")
 def seed_81(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("seed81")
     return run_experiment(load_config(EXPERIMENTS / "seed_81_percent.toml"), out,
-                          quiet=True).path
+                          finalize=_report).path
 
 
 def test_seed_question_values(seed_question):
@@ -52,7 +59,7 @@ def test_seed_question_values(seed_question):
             assert v["ulp_error"] < 1.5, v
         assert v["category"] == "finite"
     assert by[("torch", "float64")]["reference"] == float(exact)  # correctly rounded
-    cfg = json.loads((seed_question / "manifest.json").read_text())["config"]
+    cfg = read_manifest(seed_question).config
     assert "e / (3 + e)" in cfg["description"] and "0.7437" in cfg["description"]
 
 
@@ -97,4 +104,6 @@ def test_seed_81_pass_share_equals_the_seed_code(seed_81):
                           manuals.view(np.uint32))
     for side in ("a_ulp_error", "b_ulp_error"):
         assert res[side]["count"] == 1000 and 0 < res[side]["mean"] < 1.5
-    assert cmp["findings"] and f"{res['passed']} of 1000" in cmp["findings"][0]["text"]
+    key = (seed_81 / "report.md").read_text().split("## Answer: key findings")[1][:3000]
+    assert f"pass the check |a - b| < 1e-15 on {100 * share:.1f}% ({res['passed']}/1000)" in key
+    assert "the samples that pass are exactly the bit-identical ones" in key
