@@ -61,6 +61,11 @@ def _fail(msg: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
+def _flag(default: bool, decls: str, *extra: str, help: str) -> Any:
+    """A plain on/off flag (no value after it; typer would show '<bool>' without metavar)."""
+    return typer.Option(default, decls, *extra, help=help, metavar="")
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"precision-lab {__version__}")
@@ -92,12 +97,12 @@ def run_command(
     out: Path = typer.Option(Path("results"), "--out", "-o",
                              help="Folder that receives one results folder per experiment "
                                   "(<out>/<name>/)."),
-    force: bool = typer.Option(False, "--force/--no-force",
-                               help="Replace existing results folders."),
-    resume: bool = typer.Option(False, "--resume/--no-resume",
-                                help="Finish a partial (interrupted) run: compute only the "
+    force: bool = _flag(False, "--force/--no-force",
+                        help="Replace existing results folders."),
+    resume: bool = _flag(False, "--resume/--no-resume",
+                         help="Finish a partial (interrupted) run: compute only the "
                                      "missing chunks. Refused if the config changed."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or messages."),
+    quiet: bool = _flag(False, "--quiet", "-q", help="No progress bars or messages."),
 ) -> None:
     """Run experiments and write <out>/<name>/ (tables, plots, manifest, report).
 
@@ -116,7 +121,11 @@ def run_command(
         for path in configs:
             cfgs.append(load_config(path))
     except ConfigError as exc:
-        _fail(str(exc))
+        hint = ""
+        if not Path(exc.file).exists() and Path(exc.file).name.lower() in (
+                "true", "false", "yes", "no", "1", "0"):
+            hint = " (--force, --resume and --quiet take no value: write --force or --no-force)"
+        _fail(str(exc) + hint)
     names = [c.name for c in cfgs]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
@@ -240,8 +249,8 @@ def _open_checked(results_dir: Path) -> Any:
 def show_command(
     results_dir: Path = typer.Argument(..., help="A results folder, e.g. results/seed_question.",
                                        show_default=False),
-    open_report: bool = typer.Option(False, "--open/--no-open",
-                                     help="Open report.html in a web browser."),
+    open_report: bool = _flag(False, "--open/--no-open",
+                              help="Open report.html in a web browser."),
 ) -> None:
     """Print a results folder's summary, its compare check, and where its plots and report are.
 
@@ -327,10 +336,10 @@ def explain_command(
     file: Optional[Path] = typer.Option(None, "--file", help="Logits from a .npy or .pt file "
                                         "(shape (V,) or (N, V); choose the row with --row)."),
     row: Optional[int] = typer.Option(None, "--row", help="Row of --file to explain."),
-    as_json: bool = typer.Option(False, "--json/--no-json",
-                                 help="Print one JSON object instead of text."),
-    attribution: bool = typer.Option(True, "--attribution/--no-attribution",
-                                     help="Per-step attribution of the step-wise implementations."),
+    as_json: bool = _flag(False, "--json/--no-json",
+                          help="Print one JSON object instead of text."),
+    attribution: bool = _flag(True, "--attribution/--no-attribution",
+                              help="Per-step attribution of the step-wise implementations."),
 ) -> None:
     """Explain one input: truth, each implementation's error, per-step attribution, verdict.
 

@@ -49,7 +49,8 @@ def test_seed_example_logits_not_probabilities() -> None:
     assert d.reference == pytest.approx(0.7436683806286791, rel=1e-7)
     assert d.softmax_target == pytest.approx(0.4753668864186717, rel=1e-12)
     text = verdict(d)[0]
-    assert "takes logits" in text and "e/(3 + e) = 0.4754" in text and "-log 0.4754 = 0.7437" in text
+    assert "takes logits" in text and "e/(3 + e) = 0.4754" in text
+    assert "-log 0.4754 = 0.7437" in text
     res = _run("--logits", "0,0,0,1", "--target", "3")
     assert res.exit_code == 0 and "e/(3 + e) = 0.4754" in res.output
 

@@ -14,8 +14,12 @@ import pytest
 
 from precision_lab.experiment import store
 from precision_lab.experiment.config import load_config
-from precision_lab.experiment.errors import (DamagedResultsError, IncompleteResultsError,
-                                             LockedError, NotResultsError)
+from precision_lab.experiment.errors import (
+    DamagedResultsError,
+    IncompleteResultsError,
+    LockedError,
+    NotResultsError,
+)
 from precision_lab.experiment.runner import run_experiment
 
 

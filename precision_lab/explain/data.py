@@ -56,6 +56,7 @@ class SampleData:
     bits_of_error: np.ndarray
     relative_error: np.ndarray
     axes: dict[str, np.ndarray] = field(default_factory=dict)
+    _groups: "dict[tuple[str, str], np.ndarray] | None" = field(default=None, repr=False)
 
     def impl_mask(self, name: str) -> np.ndarray:
         return self.impl_code == (self.impls.index(name) if name in self.impls else -1)
@@ -79,6 +80,18 @@ class SampleData:
     @property
     def formats(self) -> list[str]:
         return ordered_formats(self.fmts[c] for c in np.unique(self.fmt_code))
+
+    def groups(self) -> dict[tuple[str, str], np.ndarray]:
+        """Sample indices of each (implementation, format), computed once (one sort)."""
+        if self._groups is None:
+            nf = len(self.fmts) + 1
+            key = self.impl_code * nf + self.fmt_code
+            order = np.argsort(key, kind="stable")
+            uk, start = np.unique(key[order], return_index=True)
+            bounds = list(start) + [key.size]
+            self._groups = {(self.impls[int(k) // nf], self.fmts[int(k) % nf]):
+                            order[bounds[i]:bounds[i + 1]] for i, k in enumerate(uk)}
+        return self._groups
 
     def zero_for_nonzero(self) -> np.ndarray:
         """Samples whose result is exactly 0 although the correctly rounded truth is finite and
@@ -110,14 +123,15 @@ def sample_data(res: Results) -> "SampleData | None":
 
 
 def aggregate(d: SampleData) -> dict[tuple[str, str], ErrorStats]:
-    """Error statistics of each (implementation, format) over all sweep points."""
+    """Error statistics of each (implementation, format) over all sweep points, in format
+    order then implementation order."""
     out = {}
     cats = np.asarray(d.cats, dtype=object)
+    groups = d.groups()
     for fm in d.formats:
-        fsel = d.fmt_mask(fm)
         for im in d.implementations:
-            idx = np.flatnonzero(fsel & d.impl_mask(im))
-            if idx.size:
+            idx = groups.get((im, fm))
+            if idx is not None and idx.size:
                 out[(im, fm)] = error_stats(d.ulp_error[idx], d.ulp_distance[idx],
                                             d.bits_of_error[idx], cats[d.cat_code[idx]])
     return out

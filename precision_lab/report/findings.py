@@ -174,11 +174,14 @@ def nonfinite(an: NonfiniteAnalysis) -> list[Finding]:
         out.append(Finding(text + ".", {"format": c.format, "category": c.category,
                                         "count": c.count, "total": c.total}, "nonfinite"))
     for r in an.from_input:
-        parts = [f"{r[k]} {k}" for k in ("inf", "nan") if r[k]]
+        parts = [f"{r[k]} {'NaN' if k == 'nan' else k}" for k in ("inf", "nan") if r[k]]
+        n = r["inf"] + r["nan"]
+        agree = ("all equal to the truth" if r["matching_truth"] == n else
+                 f"{r['matching_truth']} of them equal to the truth")
         out.append(Finding(f"In {r['format']}, {r['implementation']} returns "
                            f"{' and '.join(parts)} on rows whose logits already hold inf or NaN "
-                           "(the truth is then inf or NaN too: caused by the input, not by "
-                           "overflow).", dict(r), "nonfinite"))
+                           f"({agree}): caused by the input, not by overflow.", dict(r),
+                           "nonfinite"))
     return out
 
 
