@@ -1,6 +1,7 @@
-# precision-lab: `make run` computes the bundled experiments into results/, `make test` runs the tests.
-# Both create .venv (python3 -m venv) if it is missing and reinstall the package only when
-# pyproject.toml changed (stamp file .venv/.installed).
+# precision-lab: `make run` computes the bundled experiments into results/, `make test` runs the
+# linters and the tests.  Both create .venv (python3 -m venv) if it is missing and reinstall the
+# package only when pyproject.toml or constraints.txt changed (stamp file .venv/.installed).
+# constraints.txt pins the versions the committed results and CI were produced with.
 
 PYTHON ?= python3
 VENV := .venv
@@ -13,15 +14,15 @@ EXPERIMENTS += experiments/overflow_logit_scale.toml experiments/cancellation_ma
                experiments/classes_sweep.toml experiments/formats_side_by_side.toml
 RUN_FLAGS ?= --force
 
-.PHONY: run test venv clean-results
+.PHONY: run test lint venv clean-results
 
 venv: $(STAMP)
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -e '.[test]'
+$(STAMP): pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/python -m pip install -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
 run: $(STAMP)
@@ -30,7 +31,11 @@ run: $(STAMP)
 	$(BIN)/python -m precision_lab.studies.cuda inputs $(VENV)/cuda_inputs.npz
 	$(BIN)/python -m precision_lab.studies.cuda analyze $(VENV)/cuda_inputs.npz results/cuda_vs_cpu/gpu_h100.npz results/cuda_vs_cpu
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(BIN)/ruff check precision_lab tests benchmarks
+	$(BIN)/mypy
+
+test: lint
 	$(BIN)/python -m pytest -q
 
 clean-results:
