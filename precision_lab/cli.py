@@ -103,6 +103,14 @@ def run_command(
                          help="Finish a partial (interrupted) run: compute only the "
                                      "missing chunks. Refused if the config changed."),
     quiet: bool = _flag(False, "--quiet", "-q", help="No progress bars or messages."),
+    workers: int = typer.Option(1, "--workers", "-w", min=0,
+                                help="Local processes that compute chunks (0: one per core; "
+                                     "1: in this process)."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler",
+                                            help="Address of a Dask scheduler "
+                                                 "(tcp://HOST:PORT) to compute the chunks on "
+                                                 "(needs precision-lab[cluster]); the tables "
+                                                 "are the same as a local run's."),
 ) -> None:
     """Run experiments and write <out>/<name>/ (tables, plots, manifest, report).
 
@@ -114,8 +122,9 @@ def run_command(
     Example: precision-lab run experiments/seed_question.toml experiments/seed_81_percent.toml
     """
     from precision_lab.experiment.config import load_config
+    from precision_lab.experiment.executor import ClusterError, open_executor
     from precision_lab.experiment.progress import Progress
-    from precision_lab.experiment.runner import preflight, run_experiment
+    from precision_lab.experiment.runner import preflight
     cfgs = []
     try:
         for path in configs:
@@ -139,40 +148,54 @@ def run_command(
     progress = Progress(quiet=quiet)
     stages = {"compute": 0.0, "report": 0.0}
     command = " ".join(["precision-lab", *sys.argv[1:]])
-    for cfg in cfgs:
-        try:
-            res = run_experiment(cfg, out, force=force, resume=resume, progress=progress,
-                                 finalize=_report, command=command)
-        except RunError as exc:
-            _fail(str(exc))
-        except KeyboardInterrupt:
-            _fail(f"interrupted; finished chunks are kept in {out / cfg.name / 'partial'}. "
-                  f"Finish with: precision-lab run --resume {' '.join(map(str, configs))}"
-                  + (f" --out {out}" if str(out) != "results" else ""), 130)
-        except ComputeError as exc:
-            _fail(f"{exc}\nfinished chunks are kept in {out / cfg.name / 'partial'}; fix the "
-                  "cause and rerun with --resume", 1)
-        except Exception as exc:  # noqa: BLE001 - one line, finished chunks kept, exit 1
-            if os.environ.get("PRECISION_LAB_TRACEBACK"):
-                raise
-            _fail(f"{cfg.name}: {type(exc).__name__}: {exc}\nfinished chunks are kept in "
-                  f"{out / cfg.name / 'partial'}; rerun with --resume", 1)
-        for k in stages:
-            stages[k] += res.stage_seconds.get(k, 0.0)
-        if not quiet:
-            c = res.manifest.counts
-            extra = f", {res.resumed_chunks} chunk(s) resumed" if res.resumed_chunks else ""
-            typer.echo(f"{cfg.name}: {c.get('logit_rows', 0):,} logit rows, "
-                       f"{c.get('evaluations', 0):,} evaluations ({c.get('implementations')} "
-                       f"implementations x {c.get('formats')} formats){extra} -> {res.path}")
-            if res.stale_lock:
-                typer.echo(f"  note: a stale lock of a run that died (pid "
-                           f"{res.stale_lock.get('pid')}, started "
-                           f"{res.stale_lock.get('started_at')}) was found and replaced")
+    try:
+        with open_executor(workers, scheduler) as executor:
+            for cfg in cfgs:
+                res = _run_one(cfg, out, force, resume, progress, command, executor, configs)
+                for k in stages:
+                    stages[k] += res.stage_seconds.get(k, 0.0)
+                if not quiet:
+                    _say_done(cfg, res)
+    except ClusterError as exc:
+        _fail(str(exc))
     if not quiet:
         total = time.perf_counter() - _T0
         typer.echo(f"compute {_seconds(stages['compute'])}, report {_seconds(stages['report'])}, "
                    f"total {_seconds(total)}")
+
+
+def _run_one(cfg: Any, out: Path, force: bool, resume: bool, progress: Any, command: str,
+             executor: Any, configs: List[Path]) -> Any:
+    from precision_lab.experiment.runner import run_experiment
+
+    try:
+        return run_experiment(cfg, out, force=force, resume=resume, progress=progress,
+                              finalize=_report, command=command, executor=executor)
+    except RunError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        _fail(f"interrupted; finished chunks are kept in {out / cfg.name / 'partial'}. "
+              f"Finish with: precision-lab run --resume {' '.join(map(str, configs))}"
+              + (f" --out {out}" if str(out) != "results" else ""), 130)
+    except ComputeError as exc:
+        _fail(f"{exc}\nfinished chunks are kept in {out / cfg.name / 'partial'}; fix the "
+              "cause and rerun with --resume", 1)
+    except Exception as exc:  # noqa: BLE001 - one line, finished chunks kept, exit 1
+        if os.environ.get("PRECISION_LAB_TRACEBACK"):
+            raise
+        _fail(f"{cfg.name}: {type(exc).__name__}: {exc}\nfinished chunks are kept in "
+              f"{out / cfg.name / 'partial'}; rerun with --resume", 1)
+
+
+def _say_done(cfg: Any, res: Any) -> None:
+    c = res.manifest.counts
+    extra = f", {res.resumed_chunks} chunk(s) resumed" if res.resumed_chunks else ""
+    typer.echo(f"{cfg.name}: {c.get('logit_rows', 0):,} logit rows, "
+               f"{c.get('evaluations', 0):,} evaluations ({c.get('implementations')} "
+               f"implementations x {c.get('formats')} formats){extra} -> {res.path}")
+    if res.stale_lock:
+        typer.echo(f"  note: a stale lock of a run that died (pid {res.stale_lock.get('pid')}, "
+                   f"started {res.stale_lock.get('started_at')}) was found and replaced")
 
 
 # --------------------------------------------------------------------------- list

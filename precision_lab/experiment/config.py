@@ -77,6 +77,7 @@ __all__ = [
     "SweepPoint",
     "load_config",
     "parse_config",
+    "raw_data",
     "resolved_config",
     "config_hash",
     "sweep_points",
@@ -248,12 +249,19 @@ def parse_config(data: dict, path: "str | Path" = "<config>") -> ExperimentConfi
     except ValidationError as exc:
         raise _from_validation_error(path, exc) from None
     object.__setattr__(cfg, "_source", Path(path))
+    object.__setattr__(cfg, "_data", data)
     _check(cfg, Path(path))
     return cfg
 
 
 def source_of(cfg: ExperimentConfig) -> Path:
+    """The file a config was read from (relative data paths are anchored there)."""
     return getattr(cfg, "_source", Path("<config>"))
+
+
+def raw_data(cfg: ExperimentConfig) -> dict:
+    """The config as parsed from TOML, before validation (to rebuild it in another process)."""
+    return dict(getattr(cfg, "_data", cfg.model_dump(mode="json")))
 
 
 def _as_list(v: Any) -> list:

@@ -31,6 +31,7 @@ import os
 import shutil
 import sys
 import time
+from concurrent.futures import Executor, as_completed
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -48,6 +49,8 @@ from precision_lab.experiment.config import (
     format_names,
     generate,
     implementation_keys,
+    parse_config,
+    raw_data,
     resolved_config,
     source_of,
     sweep_axes,
@@ -162,6 +165,25 @@ def compute_chunk(cfg: ExperimentConfig, point: SweepPoint, fmt: str,
     tables = chunk_tables(point.index, dict(point.swept), fmt, meas, x, batch.targets,
                           cfg.reduction, cmp)
     return tables, x, batch.targets
+
+
+_CACHED: dict[tuple[str, int], InputBatch] = {}
+
+
+def chunk_job(data: dict[str, Any], source: str, point_index: int, fmt: str
+              ) -> tuple[ChunkTables, np.ndarray, np.ndarray, float]:
+    """One chunk from a config's raw data: what an executor runs in another process (or on a
+    cluster).  Returns the chunk's tables, its rounded inputs and targets, and its seconds.
+    The point's generated inputs are kept for the next chunk of the same point."""
+    t0 = time.perf_counter()
+    cfg = parse_config(data, source)
+    point = sweep_points(cfg)[point_index]
+    key = (config_hash(cfg), point_index)
+    if key not in _CACHED:
+        _CACHED.clear()
+        _CACHED[key] = generate(cfg, point)
+    tables, x, y = compute_chunk(cfg, point, fmt, _CACHED[key])
+    return tables, x, y, time.perf_counter() - t0
 
 
 def _save_chunk(partial: Path, t: ChunkTables, x: np.ndarray, y: np.ndarray) -> None:
@@ -284,7 +306,8 @@ def publish(out_root: Path, manifest: Manifest, run_info: RunInfo, chunks: list[
 def run_experiment(cfg: ExperimentConfig, out_root: "str | Path" = "results", *,
                    force: bool = False, resume: bool = False,
                    progress: Progress = NO_PROGRESS, finalize: "Finalize | None" = None,
-                   command: "str | None" = None) -> RunResult:
+                   command: "str | None" = None, executor: "Executor | None" = None
+                   ) -> RunResult:
     """Run ``cfg`` into ``out_root/<name>/``.
 
     Raises:
@@ -300,7 +323,7 @@ def run_experiment(cfg: ExperimentConfig, out_root: "str | Path" = "results", *,
     lock = store.FolderLock(out_root, cfg.name).acquire()
     try:
         return _run_locked(cfg, out_root, target, state, old, resume, progress, finalize,
-                           command, t_start, lock.stale)
+                           command, t_start, lock.stale, executor)
     finally:
         lock.release()
 
@@ -308,7 +331,7 @@ def run_experiment(cfg: ExperimentConfig, out_root: "str | Path" = "results", *,
 def _run_locked(cfg: ExperimentConfig, out_root: Path, target: Path, state: str,
                 old: "Manifest | None", resume: bool, progress: Progress,
                 finalize: "Finalize | None", command: "str | None", t_start: float,
-                stale: "dict[str, Any] | None") -> RunResult:
+                stale: "dict[str, Any] | None", executor: "Executor | None") -> RunResult:
     digest = config_hash(cfg)
     resume = bool(resume and state == "partial" and old is not None
                   and old.config_sha256 == digest)
@@ -342,17 +365,29 @@ def _run_locked(cfg: ExperimentConfig, out_root: Path, target: Path, state: str,
         w.json(store.RUN_INFO, run_info)
 
     save_manifest(manifest)
-    chunks: list[ChunkTables] = []
-    slow: dict[str, int] = {}
+    done: dict[str, ChunkTables] = {}
     computed = resumed = 0
+
+    def finished(key: str, t: ChunkTables) -> None:
+        nonlocal manifest
+        done[key] = t
+        manifest = replace(manifest, chunks_done=len(done),
+                           slow_rows={k: c.slow_rows for k, c in done.items()})
+        save_manifest(manifest)
+
     cached: "tuple[int, InputBatch] | None" = None
     try:
         with progress.stage("compute", total=len(keys)) as advance:
+            todo = []
             for p, fm, key in keys:
                 if resume and _chunk_done(partial, key):
-                    t = _load_chunk(partial, key, axes)
+                    finished(key, _load_chunk(partial, key, axes))
                     resumed += 1
+                    advance(1)
                 else:
+                    todo.append((p, fm, key))
+            if executor is None:
+                for p, fm, key in todo:
                     if cached is None or cached[0] != p.index:
                         cached = (p.index, generate(cfg, p))
                     tc = time.perf_counter()
@@ -366,11 +401,29 @@ def _run_locked(cfg: ExperimentConfig, out_root: Path, target: Path, state: str,
                     _save_chunk(partial, t, x, y)
                     run_info.chunk_seconds[key] = round(time.perf_counter() - tc, 4)
                     computed += 1
-                chunks.append(t)
-                slow[key] = t.slow_rows
-                manifest = replace(manifest, chunks_done=len(chunks), slow_rows=dict(slow))
-                save_manifest(manifest)
-                advance(1)
+                    finished(key, t)
+                    advance(1)
+            else:
+                data, source = raw_data(cfg), str(source_of(cfg))
+                futures = {executor.submit(chunk_job, data, source, p.index, fm): key
+                           for p, fm, key in todo}
+                try:
+                    for fut in as_completed(futures):
+                        key = futures[fut]
+                        try:
+                            t, x, y, secs = fut.result()
+                        except Exception as exc:
+                            raise ComputeError(f"{cfg.name}: chunk {key}: "
+                                               f"{type(exc).__name__}: {exc}") from exc
+                        _save_chunk(partial, t, x, y)
+                        run_info.chunk_seconds[key] = round(secs, 4)
+                        computed += 1
+                        finished(key, t)
+                        advance(1)
+                finally:
+                    for fut in futures:
+                        fut.cancel()
+        chunks = [done[k] for _, _, k in keys]
         del cached
         cmp = None
         if cfg.compare is not None:
