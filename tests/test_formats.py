@@ -62,7 +62,8 @@ def test_format_facts_match_finfo(name):
     assert f.smallest_subnormal == float(fi.smallest_subnormal)
     assert f.unit_roundoff == 2.0 ** -f.precision
     assert f.bits == 8 * f.np_dtype.itemsize == 8 * f.uint_dtype.itemsize
-    assert f.overflow_threshold == mpmath.mpf(f.max_finite) + mpmath.mpf(2) ** (f.emax - f.precision)
+    half_top = mpmath.mpf(2) ** (f.emax - f.precision)
+    assert f.overflow_threshold == mpmath.mpf(f.max_finite) + half_top
     assert str(f) == name
 
 
@@ -103,7 +104,9 @@ def test_midpoints_go_to_the_even_neighbour_and_perturbations_to_the_nearer(fmt)
     up = np.nextafter(mid, np.inf)
     down = np.nextafter(mid, -np.inf)
     for sign in (1.0, -1.0):
-        s = lambda v: (sign * v.astype(np.float64)).astype(f.np_dtype)  # exact negation
+
+        def s(v, sign=sign):  # exact negation
+            return (sign * v.astype(np.float64)).astype(f.np_dtype)
         assert same_bits(round_float64_array(sign * mid, fmt), s(even), fmt)
         assert same_bits(round_float64_array(sign * up, fmt), s(b), fmt)  # |.| above mid
         assert same_bits(round_float64_array(sign * down, fmt), s(a), fmt)
@@ -194,8 +197,11 @@ def test_specials(fmt):
     assert np.isnan(float(r[0])) and float(r[1]) == np.inf and float(r[2]) == -np.inf
     assert same_bits(r[3:], np.array([-0.0, 0.0]).astype(f.np_dtype), fmt)
     assert round_to(3, fmt) == 3 and round_to(np.float32(0.5), fmt) == 0.5
-    with pytest.raises(ValueError, match="dyadic"):
-        round_to(Fraction(1, 3), fmt)
+    # a non-dyadic rational is rounded exactly: nearer to 1/3 than both neighbours
+    r = round_to(Fraction(1, 3), fmt)
+    t = f.np_dtype.type
+    for nb in (np.nextafter(r, t(0)), np.nextafter(r, t(1))):
+        assert abs(Fraction(float(r)) - Fraction(1, 3)) < abs(Fraction(float(nb)) - Fraction(1, 3))
 
 
 # -- ulp_exponent / ulp_of ---------------------------------------------------------------
@@ -268,3 +274,122 @@ def test_midpoints_and_perturbations_hypothesis(fmt):
         assert same_bits(round_to(sg * (fa + TINY), fmt), neg(a), fmt)
 
     check()
+
+
+# -- round_to: every exact input, rounded once ---------------------------------------------
+
+
+_GRIDS: dict[str, tuple[np.ndarray, list[Fraction]]] = {}
+
+
+def _nearest_by_grid(q: Fraction, fmt: str):
+    """Round a positive rational by the bit-layout grid (no formats.py): the two grid values
+    around q, the nearer one, ties to the even bit pattern; beyond max: max or inf by the
+    overflow threshold (max + half the top spacing)."""
+    import bisect
+
+    if fmt not in _GRIDS:
+        g = positive_grid(fmt)
+        _GRIDS[fmt] = (g, [Fraction(float(v)) for v in g.astype(np.float64)])
+    grid, vals = _GRIDS[fmt]
+    i = bisect.bisect_left(vals, q)
+    if i == len(vals):
+        top = vals[-1]
+        half = (top - vals[-2]) / 2
+        return np.inf if q >= top + half else float(top)
+    if vals[i] == q or i == 0:
+        return float(vals[i])
+    a, b = vals[i - 1], vals[i]
+    if q - a < b - q:
+        return float(a)
+    if b - q < q - a:
+        return float(b)
+    return float(a) if int(grid[i - 1].view(np.uint16)) % 2 == 0 else float(b)
+
+
+@pytest.mark.parametrize("fmt", SMALL)
+@settings(max_examples=300, deadline=None)
+@given(p=st.integers(1, 2**80), q=st.integers(1, 2**80), e=st.integers(-40, 40))
+def test_non_dyadic_fractions_round_once(fmt, p, q, e):
+    x = Fraction(p, q) * Fraction(2) ** e
+    want = _nearest_by_grid(x, fmt)
+    got = round_to(x, fmt)
+    assert float(got) == want and float(round_to(-x, fmt)) == -want
+
+
+def test_fraction_decimal_string_and_int_inputs_round_from_the_exact_value():
+    # 1 + 2**-24 is the float32 midpoint between 1 and 1 + 2**-23; anything above it rounds up
+    above = 1 + Fraction(1, 2**24) + Fraction("1e-100")
+    assert float(round_to(above, "float32")) == 1 + 2**-23  # not 1.0 (float64 first: a tie)
+    assert Fraction("1.0000000596046448") > 1 + Fraction(1, 2**24)
+    assert float(round_to("1.0000000596046448", "float32")) == 1 + 2**-23
+    assert float(round_to("1.0000000596046447", "float32")) == 1.0
+    assert float(round_to("1e-100", "float64")) == 1e-100  # Python's parse is correctly rounded
+    # half the smallest float64 subnormal is 2.4703282292062327208...e-324
+    assert float(round_to(-Fraction(1, 2**1075), "float64")) == 0.0  # a tie: to even, -0
+    assert math.copysign(1.0, float(round_to(-Fraction(1, 2**1075), "float64"))) < 0
+    assert float(round_to("2.4703282292062328e-324", "float64")) == 5e-324
+    assert float(round_to("2.4703282292062327e-324", "float64")) == 0.0
+    assert float(round_to("1e-1000000000", "float32")) == 0.0  # decided without 10**1e9
+    assert float(round_to("-1e1000000000", "float16")) == -np.inf
+    assert np.isnan(round_to("nan", "bfloat16")) and round_to("-inf", "float16") == -np.inf
+    from decimal import Decimal
+
+    assert float(round_to(Decimal("1.0000000596046448"), "float32")) == 1 + 2**-23
+    # Python ints of any size: 2**54 + 2**30 + 1 is above the float32 midpoint 2**54 + 2**30
+    n = 2**54 + 2**30 + 1
+    assert int(round_to(n, "float32")) == 2**54 + 2**31  # float64 first would tie to 2**54
+    assert int(round_to(n, "float64")) == 2**54 + 2**30  # spacing 4 at 2**54: nearest
+    assert round_to(3**700, "float64") == np.inf and round_to(-(3**700), "float32") == -np.inf
+    with pytest.raises(ValueError, match="not a decimal number"):
+        round_to("1.2.3", "float32")
+    with pytest.raises(TypeError, match="allowed: mpmath.mpf"):
+        round_to([1.0], "float32")
+    with pytest.raises(TypeError):
+        round_to(True, "float32")
+
+
+@pytest.mark.parametrize("fmt", FORMAT_NAMES)
+def test_numpy_and_ml_dtypes_scalars(fmt):
+    for scalar in (ml_dtypes.bfloat16(1.5), np.float16(-0.25), np.float32(3.0),
+                   np.float64(0.5), np.int64(-7), np.uint64(2**64 - 1), np.longdouble(2.0),
+                   np.array(ml_dtypes.bfloat16(2.0))):
+        want = float(Fraction(int(scalar)) if isinstance(scalar, np.integer)
+                     else Fraction(float(scalar)))
+        got = round_to(scalar, fmt)
+        assert got.dtype == get_format(fmt).np_dtype
+        assert float(got) == float(round_to(Fraction(want) if not isinstance(scalar, np.uint64)
+                                            else 2**64 - 1, fmt))
+    # a longdouble wider than float64 is taken exactly, not through float64
+    if np.finfo(np.longdouble).nmant > 52:
+        v = np.longdouble(1) + np.longdouble(2.0) ** -53 + np.longdouble(2.0) ** -60
+        assert float(round_to(v, "float64")) == 1 + 2**-52  # float64(v) would tie to 1
+
+
+# -- as_array / to_format ------------------------------------------------------------------
+
+
+def test_as_array_accepts_torch_big_endian_and_sequences():
+    from precision_lab.numerics.formats import as_array, to_format
+
+    torch = pytest.importorskip("torch")
+    bf = torch.tensor([1.0, -2.5, float("inf")], dtype=torch.bfloat16, requires_grad=True)
+    a = as_array(bf)
+    assert a.dtype == get_format("bfloat16").np_dtype
+    assert a.astype(np.float64).tolist() == [1.0, -2.5, np.inf]
+    t16 = torch.tensor([[0.5, 1.5]], dtype=torch.float16).flip(1).t().t()  # non-contiguous ok
+    assert as_array(t16).dtype == np.float16 and as_array(t16).tolist() == [[1.5, 0.5]]
+    be = np.array([1.0, 2.0**-149, -3.5], dtype=">f4")
+    assert as_array(be).dtype == np.dtype(np.float32) and as_array(be).dtype.isnative
+    assert as_array(be).tolist() == [1.0, 2.0**-149, -3.5]
+    assert to_format(be, "float32").dtype == np.float32
+    assert to_format([1, 2], "float16").dtype == np.float16
+    x = np.array([1 + 2**-8 + 2**-40, -(1 + 2**-8 + 2**-40)])
+    assert to_format(x, "bfloat16").astype(np.float64).tolist() == [1 + 2**-7, -(1 + 2**-7)]
+    # a float64 array already holds 2**54 + 2**30 (a float32 midpoint): it ties to even
+    assert float(to_format(np.array([float(2**54 + 2**30 + 1)]), "float32")[0]) == 2**54
+    assert float(to_format(np.array([2**54 + 2**30 + 1], dtype=np.int64), "float32")[0]) \
+        == 2**54 + 2**31  # integers round once from their exact value
+    assert to_format(np.array([Fraction(1, 3)], dtype=object), "float64")[0] == 1 / 3
+    with pytest.raises(TypeError, match="cannot take bool values"):
+        to_format(np.array([True]), "float32")

@@ -24,6 +24,7 @@ from precision_lab.numerics.metrics import (
     NO_DISTANCE,
     bits_of_error,
     categorize,
+    correctly_rounded,
     ordinal,
     relative_error,
     ulp_distance,
@@ -145,7 +146,9 @@ def test_distance_triangle_equality(fmt):
     @given(floats_of(fmt), floats_of(fmt), floats_of(fmt))
     def check(a, b, c):
         a, b, c = sorted((a, b, c))
-        d = lambda x, y: int(ulp_distance(np.array([x]), np.array([y]), fmt)[0])
+
+        def d(x, y):
+            return int(ulp_distance(np.array([x]), np.array([y]), fmt)[0])
         assert d(a, c) == d(a, b) + d(b, c)
 
     check()
@@ -283,3 +286,66 @@ def test_relative_error():
     mp = relative_error(c, mp_array(mpmath.mpf(v) for v in e))
     assert np.array_equal(np.isnan(mp), np.isnan(got)) and np.allclose(mp[~np.isnan(mp)],
                                                                        got[~np.isnan(got)])
+
+
+# -- one rounding into the format, every entry point --------------------------------------
+
+
+def test_float64_values_round_once_into_bfloat16_and_float16():
+    """1 + 2**-8 + 2**-40 is nearer 1 + 2**-7 than 1 in bfloat16 (the midpoint is 1 + 2**-8);
+    a cast through float32 loses the 2**-40 and ties to 1.  Same trap for float16 (via
+    torch) with 1 + 2**-11 + 2**-40."""
+    torch = pytest.importorskip("torch")
+    for fmt, x, up in (("bfloat16", 1 + 2**-8 + 2**-40, 1 + 2**-7),
+                       ("float16", 1 + 2**-11 + 2**-40, 1 + 2**-10)):
+        f = get_format(fmt)
+        one = np.array([1.0], f.np_dtype)
+        want_up = np.array([up], f.np_dtype)
+        for value in (np.array([x]), [x], torch.tensor([x], dtype=torch.float64)):
+            assert int(ulp_distance(value, one, fmt)[0]) == 1, (fmt, type(value))
+            assert int(ulp_distance(one, value, fmt)[0]) == 1
+            assert ordinal(value, fmt)[0] == ordinal(want_up, fmt)[0]
+            assert bits_of_error(value, one, fmt)[0] == 1.0
+            assert bool(correctly_rounded(value, want_up, fmt)[0])
+            assert not bool(correctly_rounded(value, one, fmt)[0])
+            # ulp_error measures the value rounded once: 1 + 2**-7 against the truth 1
+            assert float(ulp_error(value, np.array([1.0]), fmt)[0]) == 1.0
+
+
+def test_torch_tensors_are_accepted():
+    torch = pytest.importorskip("torch")
+    a = torch.tensor([1.0, 2.0, float("nan")], dtype=torch.bfloat16)
+    b = np.array([1.0, 2.015625, 1.0], dtype=get_format("bfloat16").np_dtype)
+    assert ulp_distance(a, b, "bfloat16").tolist() == [0, 1, int(NO_DISTANCE)]
+    assert categorize(a, b).tolist() == ["finite", "finite", "nan"]
+    assert np.allclose(relative_error(a, np.array([1.0, 2.0, 1.0]))[:2], 0.0)
+    assert correctly_rounded(a, b, "bfloat16").tolist() == [True, False, False]
+
+
+# -- correctly_rounded: the one definition -------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", SMALL)
+def test_correctly_rounded_exhaustively(fmt):
+    f = get_format(fmt)
+    every = np.arange(2**16, dtype=np.uint16).view(f.np_dtype)
+    with np.errstate(invalid="ignore"):
+        nan = np.isnan(every.astype(np.float64))
+    t = f.np_dtype.type
+    assert correctly_rounded(every, every, fmt)[~nan].all()  # every value is its own rounding
+    with np.errstate(over="ignore"):
+        nxt = np.nextafter(every[~nan], t(np.inf))
+    moved = every[~nan].astype(np.float64) != np.inf
+    assert not correctly_rounded(nxt[moved], every[~nan][moved], fmt).any()
+
+
+@pytest.mark.parametrize("fmt", FORMAT_NAMES)
+def test_correctly_rounded_nan_zero_and_inf_rules(fmt):
+    t = get_format(fmt).np_dtype.type
+    dt = get_format(fmt).np_dtype
+    c = np.array([np.nan, np.nan, 1.0, -0.0, 0.0, np.inf, np.inf, -np.inf], dt)
+    r = np.array([np.nan, 1.0, np.nan, 0.0, -0.0, np.inf, t(get_format(fmt).max_finite), np.inf],
+                 dt)
+    got = correctly_rounded(c, r, fmt)
+    assert got.dtype == bool
+    assert got.tolist() == [True, False, False, True, True, True, False, False]

@@ -226,3 +226,33 @@ def test_loss_just_above_an_exact_midpoint():
         assert s[2] == np.float32(2.0**30 + 128)
         # 2049 + 1e6 = 1002049 is a float32 (20 bits), no tie: exact value stays
         assert s[3] == np.float32(1002049.0)
+
+
+def test_out_of_range_unsigned_targets_report_the_true_value():
+    x = np.zeros((2, 4), np.float32)
+    big = np.array([1, 2**64 - 1], dtype=np.uint64)
+    with pytest.raises(ValueError, match="row 1: target 18446744073709551615 is out of range"):
+        R.cross_entropy(x, big, "float32")
+    ok = R.cross_entropy(x, np.array([3, 0], dtype=np.uint64), "float32")
+    assert float(ok[0]) == float(round_to(exact_loss([0.0] * 4, 3), "float32"))  # log 4
+
+
+def test_torch_tensors_and_big_endian_logits_are_accepted():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(9)
+    x = rng.normal(size=(5, 7)) * 4
+    t = rng.integers(0, 7, 5)
+    for fmt in FORMAT_NAMES:
+        f = get_format(fmt)
+        xn = np.array([[float(round_to(v, f)) for v in row] for row in x]).astype(f.np_dtype)
+        want = R.cross_entropy(xn, t, fmt)
+        xt = torch.from_numpy(xn.astype(np.float64)).to(f.torch_dtype)
+        for logits, targets in ((xt, torch.from_numpy(t)), (xt.requires_grad_(False), t)):
+            assert same_bits(R.cross_entropy(logits, targets, fmt), want)
+        if fmt != "bfloat16":
+            be = xn.astype(xn.dtype.newbyteorder(">"))
+            assert same_bits(R.cross_entropy(be, t, fmt), want)
+    # the values are the exact losses of the tensors' values (oracle at 420 digits)
+    xb = torch.tensor([[1.0, -2.5, 0.125]], dtype=torch.bfloat16)
+    got = R.cross_entropy(xb, torch.tensor([1]), "float64")
+    assert float(got[0]) == float(round_to(exact_loss([1.0, -2.5, 0.125], 1), "float64"))

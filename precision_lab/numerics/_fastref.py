@@ -5,7 +5,9 @@ Rows are "general" rows only (finite target, >= 2 finite logits, no NaN or +inf)
 non-finite rules live in the reference.  For each row it returns an approximation hi + lo
 of the exact loss L = (m - x_t) + log1p(S'), S' = sum_{j != k} exp(x_j - m), a bound err
 with |hi + lo - L| <= err, and ``ok`` where every value of [hi+lo-err, hi+lo+err] rounds to
-the same value of the target format (that value is then the correctly rounded loss).
+the same value of the target format (that value is then the correctly rounded loss) AND
+lies in one binade (no power of two inside, so hi + lo has L's binade and ulp(L) is read off
+hi/lo correctly; a loss within the enclosure's width of 2**k goes to the exact path).
 
 Error model (u = 2**-53): float64 +,-,* are correctly rounded; numpy's float64 exp and
 log1p are within 4 ulps (relative 2**-50, absolute 2**-1072 in the subnormal range) -- the
@@ -96,7 +98,11 @@ def _rows_f64(x: np.ndarray, t: np.ndarray, f: Format):
         hi_end = np.nextafter(L + E, np.inf)
     rl = round_float64_array(lo_end, f)
     rh = round_float64_array(hi_end, f)
-    ok = np.isfinite(L) & np.isfinite(E) & (rl.view(f.uint_dtype) == rh.view(f.uint_dtype))
+    # one binade: lo = 0 here, so hi must already be in L's binade (below 2**-1022 the
+    # spacing of every format is fixed)
+    one_binade = (np.frexp(lo_end)[1] == np.frexp(hi_end)[1]) | (hi_end <= 2.0 ** -1022)
+    ok = (np.isfinite(L) & np.isfinite(E) & one_binade
+          & (rl.view(f.uint_dtype) == rh.view(f.uint_dtype)))
     return ok, rl, L, np.zeros(B), E
 
 
@@ -224,7 +230,7 @@ def _dd_expm1_nonneg(y):
     return _fast_two_sum(s, se + (bl + sc * al))
 
 
-def _tree_sum(h: np.ndarray, l: np.ndarray):
+def _tree_sum(h: np.ndarray, l: np.ndarray):  # noqa: E741 -- hi/lo parts, as in the papers
     """Sum of nonnegative double-doubles along axis 1: (Sh, Sl, levels).
 
     Pairwise TwoSum tree on the high parts (exact, the rounding errors kept) and plain
@@ -281,6 +287,10 @@ def _rows_dd(x: np.ndarray, t: np.ndarray, f: Format):
         half_up = np.spacing(Lh) / 2
         half_dn = (Lh - np.nextafter(Lh, 0.0)) / 2
         slack = 2.0 ** -50 * (np.abs(Ll) + E)
+        # the enclosure rounds to Lh in float64, so it lies in Lh's binade unless Lh is a
+        # power of two: then Ll's sign must be certain (|Ll| beyond the error)
+        pow2 = np.abs(np.frexp(Lh)[0]) == 0.5
         ok = (big & np.isfinite(Lh) & np.isfinite(dl) & np.isfinite(E) & (Lh >= 2.0 ** -960)
-              & (Ll + E + slack < half_up) & (E - Ll + slack < half_dn))
+              & (Ll + E + slack < half_up) & (E - Ll + slack < half_dn)
+              & (~pow2 | (np.abs(Ll) > E + slack)))
     return ok, Lh, Lh, Ll, E

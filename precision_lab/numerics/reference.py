@@ -14,8 +14,9 @@ Two evaluation paths, one answer:
 
 * exact (Ziv's strategy, as Herbie and CORE-MATH use it): an enclosure [lo, hi] of L is
   computed in mpmath at ``prec`` bits with a rigorous error bound; if both ends round to
-  the same value it is returned, otherwise the precision doubles, up to
-  :data:`MAX_PRECISION` bits, after which :class:`ReferenceError` names the row.  A guess
+  the same value (and the enclosure lies in one binade, see below) it is returned,
+  otherwise the precision doubles, capped at :data:`MAX_PRECISION` bits -- the cap itself
+  is tried -- after which :class:`ReferenceError` names the row.  A guess
   is never returned.  No tie can stall it: L is either exactly 0 (the target is the only
   finite logit) or irrational -- by Lindemann-Weierstrass, e^L = sum_j e^(x_j - x_t) with
   rational L forces all finite x_j to equal x_t + L with multiplicity one -- so it is never
@@ -24,6 +25,15 @@ Two evaluation paths, one answer:
   float16, bfloat16, float32) or double-double arithmetic (float64) with a rigorous
   per-row error bound; rows whose enclosure does not round to one value go to the exact
   path, so the values are bit-identical to the exact path's.
+
+The binade of L travels with it: every ``hi``/``lo`` returned (fast float64 path, double-
+double path, exact path, reductions) comes from an enclosure that contains no power of two
+(rows where it would are refined or sent to the exact path), so the double-double hi + lo
+lies in the same binade as L (below 2**-1022, where every format's spacing is one fixed
+number, only approximately), and :func:`~precision_lab.numerics.metrics.ulp_error` measures
+in the ulp of L's binade: a loss of 2**k minus a hair is measured in the ulp below 2**k, not
+the one above it (float32 logits [0, 0.54132485, -20.516264, -34.179874], target 0: L is
+below 1 by less than half a float64 ulp, and 0.99999994 is 1.000 ULP from it, not 0.5).
 
 Assumptions behind "rigorous" (documented, not proven here): mpmath's ``mpf_exp`` and
 ``mpf_log`` return results within 8 ulps of the working precision (they work with 14 and
@@ -54,14 +64,15 @@ import numpy as np
 from mpmath import libmp
 
 from precision_lab.numerics import _fastref
-from precision_lab.numerics.formats import Format, get_format, round_to
+from precision_lab.numerics.formats import Format, as_array, get_format, round_to
 
 __all__ = ["ReferenceError", "ReferenceResult", "cross_entropy", "cross_entropy_detailed",
            "MAX_PRECISION", "START_PRECISION"]
 
 #: Working precision (bits) of the first exact attempt; it doubles on every retry.
 START_PRECISION = 128
-#: A row still ambiguous at this precision raises :class:`ReferenceError`.
+#: The last precision tried (the doubling is capped here); a row still ambiguous at it
+#: raises :class:`ReferenceError`.
 MAX_PRECISION = 10240
 #: The exact path also refines until the enclosure is this narrow (relative), so that
 #: ``hi + lo`` carries ~100 correct bits.
@@ -76,7 +87,8 @@ Method = Literal["auto", "exact", "fast"]
 
 class ReferenceError(ArithmeticError):  # noqa: A001 -- the name the contract asks for
     """A row (or a reduction) whose enclosure still straddles a rounding boundary of the
-    target format at :data:`MAX_PRECISION` bits.  The message names the row index."""
+    target format, or a power of two, at :data:`MAX_PRECISION` bits.  The message names the
+    row index."""
 
 
 @dataclass
@@ -92,7 +104,8 @@ class ReferenceResult:
             Fast path: relative error bound about (V + 750) * 2**-53 for float16/bfloat16/
             float32 targets (lo = 0; 2**-37, i.e. 2**-14 ULP of float32, at V = 32768)
             and about 2**-80 for float64 targets; the enclosure [hi+lo-err, hi+lo+err]
-            never contains a rounding midpoint of the target format.  inf/NaN where the
+            never contains a rounding midpoint of the target format, nor a power of two
+            (so hi + lo is in L's binade: see the module docstring).  inf/NaN where the
             loss is (hi = inf, err = inf where L exceeds the float64 range).
         err: float64, a rigorous bound on |hi + lo - L| (0 where L is known exactly).
         slow_rows: rows evaluated by the exact (mpmath, Ziv) path, including, for a
@@ -130,9 +143,10 @@ def cross_entropy_detailed(logits: np.ndarray, targets: np.ndarray, fmt: "str | 
     """Correctly rounded -log softmax(logits)[target] per row, or its mean or sum.
 
     Args:
-        logits: shape (B, V), dtype float16, bfloat16, float32 or float64; any values,
-            -inf for masked classes (see the module docstring for NaN and +-inf).
-        targets: shape (B,), integers in [0, V).
+        logits: shape (B, V), dtype float16, bfloat16, float32 or float64 (numpy, ml_dtypes
+            or a torch tensor, any byte order); any values, -inf for masked classes (see the
+            module docstring for NaN and +-inf).
+        targets: shape (B,), integers in [0, V) (numpy or torch, any integer dtype).
         fmt: the format of the result (need not be the logits' format).
         reduction: "none" (per-sample losses, nats), "sum" (the correctly rounded sum of
             the exact per-sample losses), "mean" (the correctly rounded sum / B; NaN for
@@ -197,8 +211,8 @@ def cross_entropy_detailed(logits: np.ndarray, targets: np.ndarray, fmt: "str | 
 # ---------------------------------------------------------------------------------------
 # input checks and the non-finite rules
 
-def _validate(logits: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    arr = np.asarray(logits)
+def _validate(logits, targets) -> tuple[np.ndarray, np.ndarray]:
+    arr = as_array(logits)
     if arr.ndim != 2:
         raise ValueError(f"logits must have shape (B, V), got shape {arr.shape}")
     try:
@@ -209,18 +223,18 @@ def _validate(logits: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.n
     B, V = arr.shape
     if V == 0:
         raise ValueError("logits need at least one class (V >= 1)")
-    tg = np.asarray(targets)
+    tg = as_array(targets)
     if tg.shape != (B,):
         raise ValueError(f"targets must have shape ({B},), got shape {tg.shape}")
     if B and not np.issubdtype(tg.dtype, np.integer):
         raise ValueError(f"targets must be integers, got dtype {tg.dtype}")
-    tg = tg.astype(np.int64)
-    bad = np.flatnonzero((tg < 0) | (tg >= V))
+    # compare in the targets' own dtype: a cast to int64 first would wrap uint64 >= 2**63
+    bad = np.flatnonzero(tg >= V) if tg.dtype.kind == "u" else np.flatnonzero((tg < 0) | (tg >= V))
     if bad.size:
         i = int(bad[0])
         raise ValueError(f"row {i}: target {int(tg[i])} is out of range [0, {V})"
                          + (f" ({bad.size} rows in all)" if bad.size > 1 else ""))
-    return arr.astype(np.float64, copy=False), tg  # exact: every format embeds in float64
+    return arr.astype(np.float64, copy=False), tg.astype(np.int64)  # exact: formats embed
 
 
 def _classify(x: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -326,18 +340,42 @@ class _ExactRow:
         return (libmp.mpf_add(self.D, lo_l, W, _FLOOR), libmp.mpf_add(self.D, hi_l, W, _CEIL))
 
     def evaluate(self, f: Format, index: int):
-        """Ziv loop: (value, hi, lo, err, (lo, hi) enclosure) or raise ReferenceError."""
+        """Ziv loop: (value, hi, lo, err, (lo, hi) enclosure) or raise ReferenceError.
+
+        Decided when both ends round to one value, the enclosure is narrow enough for
+        hi + lo to carry ~100 bits, and it contains no power of two (L's binade is known).
+        The precision doubles from START_PRECISION, capped at MAX_PRECISION, which is tried
+        itself before giving up."""
         prec = START_PRECISION
-        while prec <= MAX_PRECISION:
+        while True:
             enc = self.enclosure(prec)
             a, b = _round_open(enc, f)
             width = libmp.mpf_sub(enc[1], enc[0], 0)
             narrow = libmp.mpf_le(width, libmp.mpf_shift(enc[0], -_HILO_BITS))
-            if a == b and narrow:
+            if a == b and narrow and _one_binade(enc):
                 return (a, *_hilo(enc), enc)
-            prec *= 2
-        raise ReferenceError(f"row {index}: the loss is not decided at {MAX_PRECISION} bits "
-                             "(enclosure still straddles a rounding boundary)")
+            if prec >= MAX_PRECISION:
+                raise ReferenceError(f"row {index}: the loss is not decided at {MAX_PRECISION} "
+                                     "bits (enclosure still straddles a rounding boundary or "
+                                     "a power of two)")
+            prec = min(2 * prec, MAX_PRECISION)
+
+
+#: 2**-1022: below it every format here has one fixed spacing (float64's subnormal one is
+#: also the spacing of its lowest normal binade), so the binade no longer matters.
+_TWO_M1022 = libmp.from_man_exp(1, -1022)
+
+
+def _one_binade(enc: tuple[tuple, tuple]) -> bool:
+    """Whether every value strictly inside the enclosure (lo, hi) -- L is irrational, so
+    never an end -- has the same binade [2**k, 2**(k+1)), or all lie below 2**-1022."""
+    lo, hi = enc
+    if libmp.mpf_le(hi, _TWO_M1022):
+        return True
+    if lo[1] == 0 or lo[0]:  # zero or negative: no binade below
+        return False
+    # lo = man * 2**exp with bc bits: 2**(exp + bc - 1) <= lo < 2**(exp + bc)
+    return libmp.mpf_le(hi, libmp.from_man_exp(1, lo[2] + lo[3]))
 
 
 def _round_open(enc: tuple[tuple, tuple], f: Format):
@@ -374,7 +412,11 @@ def _log1p_up(s: tuple, W: int) -> tuple:
 
 
 def _hilo(enc: tuple[tuple, tuple]) -> tuple[float, float, float]:
-    """(hi, lo, err) of an enclosure: hi + lo the midpoint to ~106 bits, err a bound."""
+    """(hi, lo, err) of an enclosure: hi + lo the midpoint to ~106 bits, err a bound.
+
+    For an enclosure within one binade (see _one_binade), hi + lo stays in that binade: if
+    the midpoint rounds up to the power of two above it and the remainder underflows to a
+    zero lo (which carries no sign to tell ulp_error), hi is taken one float64 lower."""
     mid = libmp.mpf_shift(libmp.mpf_add(enc[0], enc[1], 0), -1)
     half = libmp.mpf_shift(libmp.mpf_sub(enc[1], enc[0], 0), -1)
     hi = float(round_to(_mpf(mid), "float64"))
@@ -382,6 +424,10 @@ def _hilo(enc: tuple[tuple, tuple]) -> tuple[float, float, float]:
         return hi, 0.0, math.inf
     rest = libmp.mpf_sub(mid, libmp.from_float(hi), 0)
     lo = float(round_to(_mpf(rest), "float64"))
+    if lo == 0.0 and rest[0] and math.frexp(hi)[0] == 0.5:
+        hi = float(np.nextafter(hi, 0.0))
+        rest = libmp.mpf_sub(mid, libmp.from_float(hi), 0)
+        lo = float(round_to(_mpf(rest), "float64"))
     resid = libmp.mpf_abs(libmp.mpf_sub(rest, libmp.from_float(lo), 0))
     bound = libmp.mpf_add(half, resid, 60, _CEIL)
     if bound == libmp.fzero:
@@ -416,8 +462,9 @@ def _reduce(x, t, f: Format, reduction: str, special, special_val, general, encl
     if np.isinf(sv).any():
         return np.inf, np.inf, 0.0, np.inf, 0
     extra = 0
-    prec = START_PRECISION
+    refined = 0  # precision the rows were last refined at (0: their first enclosures)
     while True:
+        prec = max(refined, START_PRECISION)
         rows = [enclosures[i] for i in general.tolist()]
         W = prec + 2 * max(B, 1).bit_length() + 16
         s_lo = s_hi = libmp.fzero
@@ -429,15 +476,16 @@ def _reduce(x, t, f: Format, reduction: str, special, special_val, general, encl
             s_lo = libmp.mpf_div(s_lo, nB, W, _FLOOR)
             s_hi = libmp.mpf_div(s_hi, nB, W, _CEIL)
         a, b = _round_open((s_lo, s_hi), f)
-        if a == b:  # hi/lo then carry the accuracy of the per-row enclosures
+        if a == b and (not rows or _one_binade((s_lo, s_hi))):
+            # hi/lo then carry the accuracy of the per-row enclosures
             return (a, *_hilo((s_lo, s_hi)), extra)
-        if prec > MAX_PRECISION:
+        if refined >= MAX_PRECISION:
             raise ReferenceError(f"{reduction} of rows 0..{B - 1}: not decided at "
                                  f"{MAX_PRECISION} bits")
-        # refine every row on the exact path, at the next precision
+        # refine every row on the exact path, at the next precision (the cap tried too)
+        refined = START_PRECISION if refined == 0 else min(2 * refined, MAX_PRECISION)
         for i in general.tolist():
             if i not in exact_rows:
                 exact_rows[i] = _ExactRow(x[i], int(t[i]))
                 extra += 1
-            enclosures[i] = exact_rows[i].enclosure(prec)
-        prec *= 2
+            enclosures[i] = exact_rows[i].enclosure(refined)
