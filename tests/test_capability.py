@@ -6,7 +6,12 @@ import json
 
 import pytest
 
-from precision_lab.studies.capability import run_capability, run_study, supported_capabilities, write_study
+from precision_lab.studies.capability import (
+    run_capability,
+    run_study,
+    supported_capabilities,
+    write_study,
+)
 
 
 def test_default_capability_subprocess_few_batches(tmp_path) -> None:

@@ -5,8 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from precision_lab.experiment.config import (ConfigError, config_hash, load_config, resolved_config,
-                                  sweep_axes, sweep_points)
+from precision_lab.experiment.config import (
+    ConfigError,
+    config_hash,
+    load_config,
+    resolved_config,
+    sweep_axes,
+    sweep_points,
+)
 
 BASE = """
 name = "t"

@@ -4,8 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from precision_lab.report.document import (Bullets, Code, Details, Heading, Para, Table, render_html,
-                                    render_markdown)
+from precision_lab.report.document import (
+    Bullets,
+    Code,
+    Details,
+    Heading,
+    Para,
+    Table,
+    render_html,
+    render_markdown,
+)
 
 
 def test_markdown_and_html_say_the_same() -> None:

@@ -274,8 +274,7 @@ def test_every_metric_column_against_an_independent_oracle(tiny_config, tmp_path
     from oracles import exact_loss
 
     from precision_lab.experiment.config import generate, sweep_points
-    from precision_lab.experiment.inputs import to_format
-    from precision_lab.numerics.formats import get_format, round_to
+    from precision_lab.numerics.formats import get_format, round_to, to_format
 
     cfg = load_config(tiny_config)
     t = pq.read_table(run_experiment(cfg, tmp_path / "out").path / "samples.parquet")

@@ -17,7 +17,6 @@ import mpmath
 import numpy as np
 import pytest
 
-from precision_lab.numerics.formats import get_format, round_float64_array, round_to
 from precision_lab.implementations import (
     OPS,
     REGISTRY,
@@ -27,6 +26,7 @@ from precision_lab.implementations import (
     get_implementation,
     pairwise_sum,
 )
+from precision_lab.numerics.formats import get_format, round_float64_array, round_to
 from precision_lab.numerics.metrics import ulp_distance, ulp_error
 
 FORMATS = ("float16", "bfloat16", "float32", "float64")

@@ -6,10 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from precision_lab.experiment.config import load_config, sweep_points
-from precision_lab.numerics.formats import get_format
-from precision_lab.experiment.config import generate
-from precision_lab.experiment.inputs import to_format
+from precision_lab.experiment.config import generate, load_config, sweep_points
+from precision_lab.numerics.formats import get_format, to_format
 
 
 def _cfg(write_config, inputs: str, top: str = "classes = 6\nbatch_size = 4\nsamples = 3\n"):

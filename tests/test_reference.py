@@ -8,14 +8,13 @@ log1p(S') with its own error bounds, so the two share no code beyond round_to.
 
 from __future__ import annotations
 
-
 import ml_dtypes
 import mpmath
 import numpy as np
 import pytest
+from oracles import exact_loss
 
 from precision_lab.numerics import reference as R
-from oracles import exact_loss
 from precision_lab.numerics.formats import FORMAT_NAMES, get_format, round_to
 
 DT = {"float16": np.float16, "bfloat16": ml_dtypes.bfloat16, "float32": np.float32,

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from oracles import exact_loss
 
 from precision_lab.numerics import _fastref as F
 from precision_lab.numerics import reference as R
-from oracles import exact_loss
 from precision_lab.numerics.formats import FORMAT_NAMES, get_format, round_to
 
 DT = {"float16": np.float16, "bfloat16": ml_dtypes.bfloat16, "float32": np.float32,

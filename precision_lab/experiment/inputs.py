@@ -27,7 +27,8 @@ Targets of the random generators are uniform over the C classes (numpy), drawn a
 logits of the whole sweep point, from ``numpy.random.Generator(PCG64(seed))`` -- a fresh
 generator per point, so points that differ only in a scale share their random numbers.
 Inputs are generated once per point, in float64 (float32 for the torch protocol; a file's own
-dtype widened exactly), and rounded once, correctly, to each format (:func:`to_format`).
+dtype widened exactly), and rounded once, correctly, to each format
+(:func:`precision_lab.numerics.formats.to_format`).
 
 NaN and infinite logits (``fixed`` and ``file`` data) are refused unless the config says
 ``nonfinite = "allow"``: the error names the file (or key), the row and the column.
@@ -44,9 +45,9 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from precision_lab.experiment.errors import ConfigError
-from precision_lab.numerics.formats import FORMAT_NAMES, Format, get_format, round_float64_array
+from precision_lab.numerics.formats import FORMAT_NAMES, get_format, to_format
 
-__all__ = ["Num", "Int", "InputBatch", "Generator", "GENERATORS", "to_format",
+__all__ = ["Num", "Int", "InputBatch", "Generator", "GENERATORS", "to_format",  # re-exported
            "torch_rand_protocol", "check_finite", "load_array"]
 
 Num = Union[float, list[float]]
@@ -70,14 +71,6 @@ class InputBatch:
     def shape(self) -> tuple[int, int, int]:
         s, b, c = self.logits.shape
         return int(s), int(b), int(c)
-
-
-def to_format(logits: np.ndarray, fmt: "str | Format") -> np.ndarray:
-    """Round logits correctly (once, ties to even) to ``fmt``'s dtype (a copy)."""
-    f = get_format(fmt)
-    if logits.dtype == f.np_dtype:
-        return logits.copy()
-    return round_float64_array(logits.astype(np.float64), f)
 
 
 def _as_list(v: Any) -> list:

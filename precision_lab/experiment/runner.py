@@ -57,7 +57,7 @@ from precision_lab.experiment.config import (
     sweep_points,
 )
 from precision_lab.experiment.errors import ComputeError, ResultsExistError, RunError
-from precision_lab.experiment.inputs import InputBatch, to_format
+from precision_lab.experiment.inputs import InputBatch
 from precision_lab.experiment.measure import measure
 from precision_lab.experiment.progress import NO_PROGRESS, Progress
 from precision_lab.experiment.provenance import environment, git_info, platform_info
@@ -71,7 +71,7 @@ from precision_lab.experiment.records import (
 )
 from precision_lab.experiment.tables import ChunkTables, chunk_key, chunk_tables, values_view
 from precision_lab.implementations import get_implementation
-from precision_lab.numerics.formats import get_format
+from precision_lab.numerics.formats import get_format, to_format
 
 __all__ = ["RunResult", "Finalize", "run_experiment", "preflight", "compute_chunk",
            "assemble_tables", "publish", "RunError", "ResultsExistError"]

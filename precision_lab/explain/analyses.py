@@ -442,11 +442,13 @@ def cancellation(ctx: Context) -> "CancellationAnalysis | None":
 @dataclass(frozen=True)
 class BoundCheck:
     """An error bound against the measured error on a sample of rows (units of u, relative
-    to the loss).  ``bound``: "bhh" (Blanchard, Higham & Higham's shifted lse bound carried to
-    the loss) or "derived" (the first-order bound of the algorithm, see
-    :mod:`precision_lab.numerics.conditioning`); ``void_rows``: rows where it gives no bound
-    (B u >= 1 or not applicable); ``violations_below_final_rounding``: violations where BHH's
-    |y + n - min x| < |y|, i.e. the formula is below the rounding of lse itself."""
+    to the loss).  ``bound``: "bhh" (Blanchard, Higham & Higham's leading-order estimate for
+    the shifted lse carried to the loss: an estimate, not a bound) or "derived" (the rigorous
+    bound of the algorithm under the library error model LIBRARY_ULP, see
+    :mod:`precision_lab.numerics.conditioning`); ``void_rows``: rows where it does not apply
+    (NaN: possible overflow, a zero loss, ...; or B u >= 1 for the estimate);
+    ``violations_below_final_rounding``: estimate violations where |y + n - min x| < |y|, i.e.
+    the formula is below the rounding of lse itself."""
 
     format: str
     implementation: str
@@ -502,9 +504,9 @@ def bounds(ctx: Context) -> "BoundsAnalysis | None":
                 x2, t2 = x.reshape(-1, V), np.asarray(t).reshape(-1)
                 xs, ts = np.asarray(x2[d.sample[ii]]), t2[d.sample[ii]]
                 with np.errstate(all="ignore"):
-                    b = (bhh_loss_bound(xs, ts, True, loss=d.exact_hi[ii]) if kind == "bhh"
-                         else derived_loss_bound(xs, ts, im, fm, loss=d.exact_hi[ii]))
-                    bs.append(to_rigorous(b, fm))
+                    b = (bhh_loss_bound(xs, ts, True) if kind == "bhh"
+                         else derived_loss_bound(xs, ts, im, fm))
+                    bs.append(to_rigorous(b, fm) if kind == "bhh" else b)
                     ms.append(d.relative_error[ii] / f.unit_roundoff)
                     if kind == "bhh":
                         x64 = xs.astype(np.float64)
@@ -516,7 +518,7 @@ def bounds(ctx: Context) -> "BoundsAnalysis | None":
             viol = ok & (m > b)
             vb = int((np.concatenate(below) & viol).sum()) if below else 0
             checks.append(BoundCheck(
-                fm, im, kind, int(ok.sum()), within, int((~np.isfinite(b)).sum()),
+                fm, im, kind, int(ok.sum()), within, int((~np.isfinite(b) & np.isfinite(m)).sum()),
                 float(np.median(b[ok])) if ok.any() else None,
                 float(np.median(m[ok])) if ok.any() else None,
                 float(np.max(m[ok] / b[ok])) if ok.any() else None, int(viol.sum()), vb))

@@ -54,8 +54,14 @@ from typing import Any, Callable
 import mpmath
 import numpy as np
 
-from precision_lab.numerics.formats import Format, get_format, round_float64_array, round_to, ulp_exponent
 from precision_lab.implementations import OPS, REGISTRY, Step, get_implementation, pairwise_sum
+from precision_lab.numerics.formats import (
+    Format,
+    get_format,
+    round_float64_array,
+    round_to,
+    ulp_exponent,
+)
 
 __all__ = [
     "StepAttribution",

@@ -82,8 +82,11 @@ class Explanation:
         lse: log sum_j exp(x_j), float64 (x_t + loss).
         condition_number: componentwise relative condition number of the loss (None where the
             row is not finite).
-        bounds: relative error bounds of the loss (units of u = 2^-p): "bhh_shifted",
-            "bhh_unshifted", "derived_lse", "derived_lse_log1p" (None where void).
+        bounds: relative error of the loss (units of u = 2^-p): "derived_lse" and
+            "derived_lse_log1p" are rigorous bounds under the library error model
+            (:data:`precision_lab.numerics.conditioning.LIBRARY_ULP`); "bhh_shifted" and
+            "bhh_unshifted" are Blanchard-Higham-Higham's leading-order estimates (None where
+            they do not apply).
         implementations: {key: :class:`ImplValue`}, registry order.
         attribution: {key: the per-step attribution of a step-wise implementation (a dict of
             numbers), or {"error": message}}.
@@ -305,15 +308,15 @@ def explain(logits: Any, target: int, fmt: "str | Format" = "float32", *,
     kappa: "float | None" = None
     bounds: dict[str, "float | None"] = {"bhh_shifted": None, "bhh_unshifted": None,
                                          "derived_lse": None, "derived_lse_log1p": None}
-    X2, T1, L = x[None, :], np.array([t]), np.array([hi])
+    X2, T1 = x[None, :], np.array([t])
+    with np.errstate(all="ignore"):
+        kappa = _num(float(condition_number(X2, T1)[0]))
     if finite_in and math.isfinite(hi):
-        kappa = _num(float(condition_number(X2, T1, loss=L)[0]))
         with np.errstate(all="ignore"):
-            for key, val in (("bhh_shifted", bhh_loss_bound(X2, T1, True, loss=L)),
-                             ("bhh_unshifted", bhh_loss_bound(X2, T1, False, loss=L)),
-                             ("derived_lse", derived_loss_bound(X2, T1, "lse", f, loss=L)),
-                             ("derived_lse_log1p",
-                              derived_loss_bound(X2, T1, "lse_log1p", f, loss=L))):
+            for key, val in (("bhh_shifted", bhh_loss_bound(X2, T1, True)),
+                             ("bhh_unshifted", bhh_loss_bound(X2, T1, False)),
+                             ("derived_lse", derived_loss_bound(X2, T1, "lse", f)),
+                             ("derived_lse_log1p", derived_loss_bound(X2, T1, "lse_log1p", f))):
                 v = float(np.asarray(val).reshape(-1)[0])
                 bounds[key] = v if math.isfinite(v) else None
     attrib: dict[str, Any] = {}

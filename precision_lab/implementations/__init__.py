@@ -8,10 +8,21 @@
 * :mod:`.seed`: the seed answer's manual loop, verbatim.
 """
 
-from precision_lab.implementations.base import (OPS, Capabilities, Implementation, Step,
-                                                from_torch, to_torch)
-from precision_lab.implementations.numpy_impls import (lse, lse_log1p, naive, naive_softmax,
-                                                       scipy_lse)
+from precision_lab.implementations.base import (
+                                                OPS,
+                                                Capabilities,
+                                                Implementation,
+                                                Step,
+                                                from_torch,
+                                                to_torch,
+)
+from precision_lab.implementations.numpy_impls import (
+                                                lse,
+                                                lse_log1p,
+                                                naive,
+                                                naive_softmax,
+                                                scipy_lse,
+)
 from precision_lab.implementations.registry import REGISTRY, get_implementation
 from precision_lab.implementations.torch_impls import torch_ce, torch_logsoftmax_nll, torch_manual
 from precision_lab.numerics.sums import pairwise_sum

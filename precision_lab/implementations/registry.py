@@ -15,8 +15,13 @@ import inspect
 from typing import Any
 
 from precision_lab.implementations.base import Capabilities, Implementation
-from precision_lab.implementations.numpy_impls import (lse, lse_log1p, naive, naive_softmax,
-                                                       scipy_lse)
+from precision_lab.implementations.numpy_impls import (
+    lse,
+    lse_log1p,
+    naive,
+    naive_softmax,
+    scipy_lse,
+)
 from precision_lab.implementations.torch_impls import torch_ce, torch_logsoftmax_nll, torch_manual
 
 __all__ = ["REGISTRY", "get_implementation"]

@@ -386,7 +386,8 @@ def to_format(x: Any, fmt: "str | Format") -> np.ndarray:
     w = a.astype(np.float64)  # exact: every such value is a float64
     if f.name == "bfloat16":
         return round_float64_array(w, f)
-    return w.astype(f.np_dtype)  # numpy's float64 -> float16/float32 casts round once
+    with np.errstate(over="ignore"):  # overflow to +-inf is the correct rounding
+        return w.astype(f.np_dtype)  # numpy's float64 -> float16/float32 casts round once
 
 
 def ulp_exponent(x: Exact, fmt: "str | Format") -> int:

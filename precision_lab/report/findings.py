@@ -316,8 +316,8 @@ def cancellation(an: CancellationAnalysis, ctx: Context) -> tuple[list[Finding],
 
 # --------------------------------------------------------------------------- bounds, attribution
 
-_BOUND_NAMES = {"bhh": "BHH shifted (carried to the loss)",
-                "derived": "first-order (derived, library error model)"}
+_BOUND_NAMES = {"bhh": "BHH leading-order estimate (shifted lse, carried to the loss)",
+                "derived": "rigorous bound (under the library error model LIBRARY_ULP)"}
 
 
 def bounds(an: BoundsAnalysis) -> list[Finding]:
@@ -335,7 +335,7 @@ def bounds(an: BoundsAnalysis) -> list[Finding]:
                 f"{fmt_num(c.median_bound_u, 3)} u, median measured "
                 f"{fmt_num(c.median_measured_u, 3)} u)")
         if c.void_rows:
-            text += f"; on {c.void_rows} more rows the bound does not apply (void)"
+            text += f"; on {c.void_rows} more rows it does not apply"
         if c.violations:
             text += (f". It fails on {c.violations} rows; on {c.violations_below_final_rounding}"
                      " of them |y + n - min x| < |y|: the formula is smaller than the rounding of "
@@ -358,7 +358,8 @@ def bounds_summary(an: BoundsAnalysis) -> Finding:
     allok = all(w == n for w, n, _ in acc.values())
     parts = [f"{im} within the {_BOUND_NAMES[bd]} bound on {fmt_rate(w, n)} of rows (largest "
              f"measured/bound {fmt_num(mx, 3)})" for (im, bd), (w, n, mx) in acc.items()]
-    return Finding(("The error bounds hold on every sampled row: " if allok else "Error bounds: ")
+    return Finding(("The error bounds and estimates hold on every sampled row: " if allok
+                    else "Error bounds and estimates: ")
                    + "; ".join(parts) + f", over {join_names(ordered_formats(fmts))} (up to "
                    f"{an.sample_rows} rows per format).", {"all_within": allok}, "bounds")
 

@@ -239,9 +239,9 @@ def run_study(batches: int = 1000, capabilities: "list[str] | None" = None, seed
 
 
 def _plot(study: dict, path: Path) -> Path:
-    from precision_lab.report.plots import save_figure  # first: it selects matplotlib's Agg backend
-
     import matplotlib.pyplot as plt
+
+    from precision_lab.report.plots import save_figure  # first: it selects matplotlib's Agg backend
 
     rows = study["rows"]
     caps = [f"{r['requested']}\n(torch: {r['torch_capability']})" for r in rows]

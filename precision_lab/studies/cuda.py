@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from precision_lab.numerics.formats import FORMAT_NAMES, get_format, round_float64_array
 from precision_lab.implementations import torch_ce, torch_logsoftmax_nll, torch_manual
+from precision_lab.numerics.formats import FORMAT_NAMES, get_format, round_float64_array
 
 __all__ = ["make_inputs", "compute", "analyze"]
 
@@ -103,9 +103,11 @@ def _stats(err: np.ndarray) -> dict:
 def analyze(inputs: Path, gpu: Path, out_dir: Path) -> dict:
     """Compare the GPU results in ``gpu`` with torch's CPU kernels here and the truth; write
     ``summary.json`` and ``report.md`` under ``out_dir`` and return the summary."""
-    from precision_lab.numerics.sums import reduce_in_format  # the seed's loop over per-sample losses
     from precision_lab.numerics.metrics import ulp_distance, ulp_error
     from precision_lab.numerics.reference import cross_entropy_detailed
+    from precision_lab.numerics.sums import (
+        reduce_in_format,  # the seed's loop over per-sample losses
+    )
 
     cpu_file = out_dir / "_cpu.npz"
     out_dir.mkdir(parents=True, exist_ok=True)
