@@ -346,6 +346,56 @@ def show_command(
                        "(it is self-contained)", err=True)
 
 
+# --------------------------------------------------------------------------- diff
+
+@app.command("diff")
+def diff_command(
+    a: Path = typer.Argument(..., help="A results folder.", show_default=False),
+    b: Path = typer.Argument(..., help="Another results folder of the same experiment "
+                             "(another torch, device or machine).", show_default=False),
+    as_json: bool = _flag(False, "--json/--no-json", help="Print one JSON object."),
+) -> None:
+    """Compare two results folders: what changed (torch version, CPU kernels, device,
+    packages, config) and, per implementation and format, how many values changed and how
+    each one's error against the truth moved.
+
+    Example: precision-lab diff results/seed_81_percent /tmp/other_machine/seed_81_percent
+    """
+    from rich.table import Table
+
+    from precision_lab.experiment.store import dumps
+    from precision_lab.explain.diff import diff_results
+    from precision_lab.report.text import fmt_num, fmt_rate
+
+    d = diff_results(_open_checked(a), _open_checked(b))
+    if as_json:
+        typer.echo(dumps(d).rstrip())
+        return
+    con = _console()
+    if not d.same_config:
+        con.print("The two folders come from different configs; only the environment is "
+                  "compared. Config changes: " + "; ".join(
+                      f"{k}: {x!r} -> {y!r}" for k, (x, y) in d.config_changes.items()))
+    if d.environment_changes:
+        con.print("What changed between A and B: " + "; ".join(
+            f"{k}: {x} -> {y}" for k, (x, y) in d.environment_changes.items()))
+    else:
+        con.print("Same environment (torch, CPU kernels, device, package versions).")
+    if d.reference_mismatches:
+        con.print(f"[red]{d.reference_mismatches} reference values differ: the inputs are "
+                  "not the same.[/red]")
+    if d.implementations:
+        t = Table(title=f"A = {a}, B = {b}", title_justify="left")
+        for col in ("implementation", "format", "same value in A and B", "max ULP apart",
+                    "ULP error mean A -> B", "ULP error max A -> B"):
+            t.add_column(col, justify="left" if col in ("implementation", "format") else "right")
+        for r in d.implementations:
+            t.add_row(r.implementation, r.format, fmt_rate(r.identical, r.samples),
+                      fmt_num(r.ulp_distance_max), f"{fmt_num(r.a_mean, 3)} -> "
+                      f"{fmt_num(r.b_mean, 3)}", f"{fmt_num(r.a_max, 3)} -> {fmt_num(r.b_max, 3)}")
+        con.print(t)
+
+
 # --------------------------------------------------------------------------- explain
 
 @app.command("explain")

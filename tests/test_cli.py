@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from typer.testing import CliRunner
 
@@ -143,3 +145,25 @@ def test_python_dash_m_entry_point():
     r = subprocess.run([sys.executable, "-m", "precision_lab", "--help"], capture_output=True,
                        text=True, timeout=120)
     assert r.returncode == 0 and "run" in r.stdout and "list" in r.stdout
+
+
+def test_diff_says_what_changed(tiny_config, tmp_path):
+    """Two runs of one config, the second with its manifest's torch version edited (as another
+    machine would record it): diff names the change and finds every value identical."""
+    import dataclasses
+
+    from precision_lab.experiment.store import Writer
+
+    assert invoke("run", "--quiet", "--out", tmp_path / "a", tiny_config).exit_code == 0
+    assert invoke("run", "--quiet", "--out", tmp_path / "b", tiny_config).exit_code == 0
+    b = tmp_path / "b" / "tiny"
+    m = read_manifest(b)
+    env = dict(m.environment, torch="9.9.9")
+    Writer(b).json("manifest.json", dataclasses.replace(m, environment=env))
+    r = invoke("diff", tmp_path / "a" / "tiny", b)
+    assert r.exit_code == 0, r.output
+    assert f"torch: {m.environment['torch']} -> 9.9.9" in r.output
+    assert "100% (12/12)" in r.output  # 2 points x 6 rows, identical values
+    d = json.loads(invoke("diff", "--json", tmp_path / "a" / "tiny", b).output)
+    assert d["environment_changes"] == {"torch": [m.environment["torch"], "9.9.9"]}
+    assert d["reference_mismatches"] == 0 and len(d["implementations"]) == 6

@@ -140,3 +140,14 @@ def test_bundled_configs_are_valid():
     for path in sorted((Path(__file__).parent.parent / "experiments").glob("*.toml")):
         cfg = load_config(path)
         assert cfg.question.strip()
+
+
+def test_device_key(write_config):
+    import torch
+
+    assert load_config(write_config(BASE)).device == "cpu"
+    err = _err(write_config, BASE.replace("classes = 4", 'classes = 4\ndevice = "tpu"'))
+    assert err.key == "device" and "cuda:N" in str(err)
+    if not torch.cuda.is_available():
+        err = _err(write_config, BASE.replace("classes = 4", 'classes = 4\ndevice = "cuda"'))
+        assert err.key == "device" and "sees no CUDA device" in str(err)

@@ -26,6 +26,9 @@ An experiment is a TOML file (see ``experiments/*.toml``)::
 Generators (``[inputs] generator = ...``) and their parameters: see
 :mod:`precision_lab.experiment.inputs`.
 
+``device`` ("cpu" by default, "cuda" or "cuda:N"): where the torch implementations run (the
+others, numpy code, always run on the CPU); refused when this machine has no such device.
+
 ``nonfinite`` ("refuse" by default, or "allow"): whether NaN and infinite logits in ``fixed``
 or ``file`` data are measured (their losses follow the reference's non-finite rules) or refused.
 
@@ -118,6 +121,7 @@ class ExperimentConfig(StrictModel):
     implementations: Union[Literal["all"], list[str]] = "all"
     reduction: Literal["none", "mean", "sum"] = "none"
     nonfinite: Literal["refuse", "allow"] = "refuse"
+    device: str = "cpu"
     compare: Union[CompareConfig, None] = None
 
 
@@ -286,8 +290,29 @@ def compare_formats(cfg: ExperimentConfig) -> list[str]:
     return [get_format(f).name for f in cfg.compare.formats]
 
 
+def _check_device(device: str, path: Path) -> None:
+    """``cpu``, ``cuda`` or ``cuda:N`` (an index this machine has)."""
+    import re
+
+    if device == "cpu":
+        return
+    if not re.fullmatch(r"cuda(:\d+)?", device):
+        raise ConfigError(path, "device", f"unknown device {device!r}", ["cpu", "cuda", "cuda:N"])
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError(path, "device", f"{device!r} is not available here (torch "
+                          f"{torch.__version__} sees no CUDA device); use \"cpu\" or run on a "
+                          "machine with a GPU")
+    n = torch.cuda.device_count()
+    if ":" in device and int(device.split(":")[1]) >= n:
+        raise ConfigError(path, "device", f"{device!r}: this machine has {n} CUDA device(s)",
+                          [f"cuda:{i}" for i in range(n)])
+
+
 def _check(cfg: ExperimentConfig, path: Path) -> None:
     """Checks beyond types: names exist, numbers in range, data files readable and shaped."""
+    _check_device(cfg.device, path)
     fmts = cfg.formats if cfg.formats != "all" else []
     if cfg.formats != "all" and not cfg.formats:
         raise ConfigError(path, "formats", "empty list", ["all", *FORMAT_NAMES])

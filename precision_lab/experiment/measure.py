@@ -103,7 +103,10 @@ def reference_values(x: np.ndarray, t: np.ndarray, f: Format, reduction: str) ->
 def evaluate(impl: Implementation, x: np.ndarray, t: np.ndarray, f: Format, reduction: str,
              device: str = "cpu") -> np.ndarray:
     """The implementation on every batch of (S, B, V) logits: (S * B,) losses for "none",
-    (S,) reduced values otherwise."""
+    (S,) reduced values otherwise.  ``device`` applies to implementations that declare it;
+    the others run where they always run (numpy code: the CPU)."""
+    if device.split(":")[0] not in impl.capabilities.devices:
+        device = "cpu"
     out = []
     for s in range(x.shape[0]):
         if reduction == "none":

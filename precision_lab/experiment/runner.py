@@ -158,7 +158,7 @@ def compute_chunk(cfg: ExperimentConfig, point: SweepPoint, fmt: str,
     batch = generate(cfg, point) if inputs is None else inputs
     x = to_format(batch.logits, fmt)
     impls = [get_implementation(k) for k in implementation_keys(cfg)]
-    meas = measure(x, batch.targets, fmt, impls, reduction=cfg.reduction)
+    meas = measure(x, batch.targets, fmt, impls, reduction=cfg.reduction, device=cfg.device)
     cmp = None
     if cfg.compare is not None and get_format(fmt).name in compare_formats(cfg):
         cmp = (cfg.compare.a, cfg.compare.b, cfg.compare.abs_tol)
@@ -356,7 +356,7 @@ def _run_locked(cfg: ExperimentConfig, out_root: Path, target: Path, state: str,
         name=cfg.name, question=cfg.question, description=cfg.description, notes=cfg.notes,
         config=resolved_config(cfg), config_sha256=digest, sweep_axes=axes,
         points=[{"point": p.index, "params": p.params} for p in points],
-        chunks=[k for _, _, k in keys], environment=environment(),
+        chunks=[k for _, _, k in keys], environment=environment(cfg.device),
         counts={})
 
     def save_manifest(m: Manifest) -> None:

@@ -313,6 +313,12 @@ def build_document(res: Results, ctx: "Context | None", analyses: dict[str, Any]
     m = res.manifest
     title = f"precision-lab report: {m.name}"
     blocks: list[Block] = [Heading("Question", 2), Para(m.question or "(no question stated)")]
+    env = m.environment
+    if env.get("torch"):
+        blocks.append(Para(f"Measured with torch {env['torch']} on {env.get('device', 'cpu')}"
+                           + (f" (CPU kernels {env['torch_cpu_capability']})"
+                              if env.get("torch_cpu_capability") else "")
+                           + f", numpy {(env.get('versions') or {}).get('numpy')}."))
     if ctx is not None:
         key, key_tables, mechs = key_findings(ctx, analyses)
     else:
