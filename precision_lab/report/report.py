@@ -26,6 +26,7 @@ from precision_lab.experiment.store import MANIFEST, Results, Writer
 from precision_lab.explain.analyses import Context, run_analyses
 from precision_lab.explain.data import NONFINITE_CATEGORIES, group_label
 from precision_lab.report import plots as P
+from precision_lab.report.answer import all_findings, key_findings
 from precision_lab.report.document import (
     Block,
     Bullets,
@@ -38,7 +39,7 @@ from precision_lab.report.document import (
     render_html,
     render_markdown,
 )
-from precision_lab.report.findings import Finding, all_findings, key_findings
+from precision_lab.report.findings import Finding
 from precision_lab.report.text import fmt_num, fmt_rate
 
 __all__ = ["write_report", "build_document", "MEASURES_TEXT", "Extra"]

@@ -1,0 +1,90 @@
+"""What the analyses share: the folder's samples, row facts, groups and statistics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from precision_lab.experiment.store import Results
+from precision_lab.explain.data import (
+    RowFactsData,
+    SampleData,
+    aggregate,
+    identical_groups,
+    numeric_axis,
+    row_facts_data,
+    sample_data,
+)
+from precision_lab.numerics.stats import ErrorStats
+
+__all__ = ["Context", "context", "transient", "first_and_clean", "sample_idx",
+           "input_nonfinite"]
+
+
+def transient() -> Any:
+    return field(default=None, metadata={"transient": True}, compare=False, repr=False)
+
+
+@dataclass
+class Context:
+    """What the analyses share: the folder, its samples and row facts, the groups of
+    bit-identical implementations and the aggregate statistics (computed once)."""
+
+    res: Results
+    data: SampleData
+    facts: "RowFactsData | None"
+    groups: list[list[str]]
+    stats: dict[tuple[str, str], ErrorStats]
+    axis: "str | None"
+    reduction: str
+
+    @property
+    def has_inputs(self) -> bool:
+        return self.res.has_inputs()
+
+
+def context(res: Results) -> "Context | None":
+    d = sample_data(res)
+    if d is None:
+        return None
+    summary = res.summary()
+    if len(res.manifest.points) == 1:  # the summary rows already hold these statistics
+        stats = {(r.implementation, r.format): r.stats for r in summary}
+    else:
+        stats = aggregate(d)
+    return Context(res, d, row_facts_data(res), identical_groups(res.agreement(),
+                                                                  d.implementations),
+                   stats, numeric_axis(summary),
+                   str(res.manifest.config.get("reduction", "none")))
+
+
+def first_and_clean(values: np.ndarray, bad: np.ndarray) -> tuple[Any, Any]:
+    """The first axis value with a bad sample, and the last value below it with none."""
+    vals = np.unique(values)
+    badv = [v for v in vals if bad[values == v].any()]
+    if not badv:
+        return None, None
+    below = [v for v in vals if v < badv[0]]
+    return float(badv[0]), (float(below[-1]) if below else None)
+
+
+
+def sample_idx(n: int, k: int) -> np.ndarray:
+    """A sorted uniform sample of ``k`` of ``n`` indices (fixed seed), or all of them."""
+    if n <= k:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(0).choice(n, size=k, replace=False))
+
+
+def input_nonfinite(ctx: Context) -> np.ndarray:
+    """Per sample: whether its logits hold inf or NaN (from the row facts; with a reduction,
+    whether the truth itself is inf or NaN)."""
+    d = ctx.data
+    if ctx.facts is not None and ctx.reduction == "none":
+        idx = np.arange(d.computed.size)
+        mx, mn = ctx.facts.of(d, idx, "row_max"), ctx.facts.of(d, idx, "row_min")
+        return ~np.isfinite(mx) | ~np.isfinite(mn)
+    return ~np.isfinite(d.exact_hi)
+
