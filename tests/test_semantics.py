@@ -263,6 +263,8 @@ NINF, PINF, NAN = -np.inf, np.inf, np.nan
     ([PINF, 0.0, 1.0], 0, {"z_loss": 1e-4}, PINF),
     ([PINF, 0.0, 1.0], 0, {"label_smoothing": 0.1}, PINF),
     ([PINF, PINF, 1.0], 0, {}, NAN),                             # inf - inf
+    ([PINF, PINF, 1.0], 2, {}, PINF),                            # inf - 1: lse is inf
+    ([PINF, PINF, 1.0], 2, {"label_smoothing": 0.1}, NAN),       # smoothing counts inf - inf
     ([PINF, 0.0, 1.0], 1, {"weight": [1.0, 0.0, 1.0]}, 0.0),     # every coefficient 0
     ([PINF, NINF, 1.0], 0, {"softcap": 2.0}, "general"),         # softcap: +-inf -> +-c
     ([5.0, NINF, NINF], 0, {}, 0.0),                             # lone finite target
@@ -428,3 +430,36 @@ def test_fast_path_equals_exact_path(fmt, kw):
         fin = np.isfinite(exact.hi) & (exact.err > 0)
         gap = np.abs((fast.hi + fast.lo) - (exact.hi + exact.lo))[fin]
         assert np.all(gap <= fast.err[fin] + exact.err[fin] + 1e-300 * 0)
+
+
+@pytest.mark.parametrize("fmt", FORMAT_NAMES)
+@pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
+def test_without_keywords_it_is_the_plain_reference(fmt, reduction):
+    """No keyword: bit-identical to precision_lab.numerics.reference on hard rows, non-finite
+    rows included (the same rules)."""
+    from precision_lab.numerics import reference as R
+
+    rng = np.random.default_rng(29)
+    V = 9
+    x = round_float64_array(hard_batch(rng, V), fmt).astype(np.float64)
+    t = rng.integers(0, V, x.shape[0])
+    t[2::5] = 3
+    if reduction == "none":
+        x[0, 2], x[1, 4], x[6] = np.nan, np.inf, -np.inf  # NaN, +inf elsewhere, all masked
+        x[11, t[11]] = np.inf  # the target the only +inf: 0
+    ours = S.cross_entropy_detailed(x, t, fmt, reduction=reduction)
+    ref = R.cross_entropy_detailed(x, t, fmt, reduction)
+    assert ours.values.tobytes() == ref.values.tobytes()
+
+
+def test_masked_vocabulary_many_infinite_logits():
+    """Half the classes masked with -inf and weight 0 (so smoothing keeps the loss finite)."""
+    rng = np.random.default_rng(13)
+    B, V = 5, 40
+    x = rng.standard_normal((B, V)) * 2
+    x[:, V // 2:] = -np.inf
+    w = np.r_[rng.uniform(0.5, 2, V // 2), np.zeros(V - V // 2)]
+    t = rng.integers(0, V // 2, B)
+    got = S.cross_entropy(x, t, "float32", weight=w, label_smoothing=0.1)
+    for i in range(B):
+        assert got[i] == round_to(loss_row(x[i], t[i], w=w, eps=0.1), "float32")

@@ -74,7 +74,8 @@ class _Prep64:
     eta: np.ndarray    # (B,) absolute error bound of every y_j
     k: np.ndarray      # (B,) the excluded index (argmax; the target where it is a max)
     m: np.ndarray      # (B,) y_k
-    d: np.ndarray      # (B, V) m - y_j (>= 0 up to eta; +inf at -inf logits)
+    d: "np.ndarray | None"  # (B, V) m - y_j (>= 0 up to eta; +inf at -inf logits)
+    dmax: np.ndarray   # (B,) the largest d_j with exp(-d_j) > 0 (746 without compensation)
     e: np.ndarray      # (B, V) exp(y_j - m), 0 at k
     S: np.ndarray      # (B,) sum_{j != k} e_j
     ES: np.ndarray     # bound on |S - S'|
@@ -83,10 +84,12 @@ class _Prep64:
     good: np.ndarray   # (B,) the bounds are valid (eta small, everything finite)
 
 
-def _prep64(x: np.ndarray, T: np.ndarray, spec, compensated: bool) -> _Prep64:
+def _prep64(x: np.ndarray, T: np.ndarray, spec, compensated: bool,
+            want_d: bool = True) -> _Prep64:
     """Shared float64 row preparation.  ``compensated``: S' by a TwoSum tree (error about
     u S, for the gradient, whose elements each need p_j to ~2**-48) instead of np.sum
-    (error (V - 1) u S, enough for most losses; undecided rows get double-double)."""
+    (error (V - 1) u S, enough for most losses; undecided rows get double-double).
+    ``want_d``: keep the (B, V) array d (else ``d`` is None; it costs a pass)."""
     B, V = x.shape
     idx = np.arange(B)
     with np.errstate(all="ignore"):
@@ -101,25 +104,27 @@ def _prep64(x: np.ndarray, T: np.ndarray, spec, compensated: bool) -> _Prep64:
         m = y[idx, k]
         if not spec.prob:
             k = np.where(y[idx, T] == m, T, k)
-        d = m[:, None] - y
-        e = np.exp(-d)
-        e[idx, k] = 0.0
+        e = np.subtract(y, m[:, None])  # -d, exactly the negated rounding of m - y
+        d = np.negative(e) if want_d else None
+        e[idx, k] = -np.inf
+        np.exp(e, out=e)
         # S' by a TwoSum tree (error fac u**2 S, plus |Sl| for dropping the low part); the
         # exps are within 4 ulps plus u d_j (the rounding of d_j moves exp(-d_j) by a
         # relative u d_j <= u dmax; d_j < 746 wherever exp(-d_j) > 0), plus 2.01 eta
         n = V - 1
         if compensated:
             S, Sl, fac = _dd_sum(e, np.zeros_like(e))
-            dmax = np.where(e > 0, d, 0.0).max(axis=1)
+            dmax = m - np.where(e > 0, y, m[:, None]).min(axis=1)
             ES = 1.02 * (fac * U * U + 2.0 ** -50 + U * dmax + 2.01 * eta) * S + np.abs(Sl) \
                 + n * _TINY
         else:
             S = e.sum(axis=1)
+            dmax = np.full(B, 746.0)
             ES = 1.02 * (n * U + 2.0 ** -50 + 746 * U + 2.01 * eta) * S + n * _TINY
         L1 = np.log1p(S)
         EL1 = ES / (1.0 + np.maximum(S - ES, 0.0)) + 2.0 ** -50 * L1 + _TINY
         good = (eta < 2.0 ** -30) & np.isfinite(m) & np.isfinite(S) & np.isfinite(L1)
-    return _Prep64(y, eta, k, m, d, e, S, ES, L1, EL1, good)
+    return _Prep64(y, eta, k, m, d, dmax, e, S, ES, L1, EL1, good)
 
 
 def _coef_ok(x: np.ndarray, T: np.ndarray, spec) -> np.ndarray:
@@ -203,7 +208,7 @@ def loss_rows(x: np.ndarray, T: np.ndarray, spec, f: Format) -> Fast:
 def _loss_f64(x: np.ndarray, T: np.ndarray, spec, f: Format) -> Fast:
     B, V = x.shape
     idx = np.arange(B)
-    P = _prep64(x, T, spec, compensated=False)
+    P = _prep64(x, T, spec, compensated=False, want_d=spec.prob or bool(spec.label_smoothing))
     eta, L1, EL1 = P.eta, P.L1, P.EL1
     w = spec.weights()
     eps = spec.label_smoothing
@@ -213,7 +218,7 @@ def _loss_f64(x: np.ndarray, T: np.ndarray, spec, f: Format) -> Fast:
             dz = np.where(fin, P.d, 0.0)
         if not spec.prob:
             wt = w[T]
-            dt = P.d[idx, T]
+            dt = P.m - P.y[idx, T]
             dt = np.where(np.isfinite(dt), dt, 0.0)  # a masked target has weight 0 here
             edt = np.where(T == P.k, 0.0, U * dt + 2 * eta)
             s1 = dt + L1
@@ -551,7 +556,7 @@ def _coefficients64(T: np.ndarray, spec, B: int, V: int):
 def _grad_f64(x: np.ndarray, T: np.ndarray, spec, f: Format, scale) -> Fast:
     B, V = x.shape
     idx = np.arange(B)
-    P = _prep64(x, T, spec, compensated=True)
+    P = _prep64(x, T, spec, compensated=True, want_d=False)
     with np.errstate(all="ignore"):
         c, ec, C, eC = _coefficients64(T, spec, B, V)
         K, eK = C, eC
@@ -566,8 +571,7 @@ def _grad_f64(x: np.ndarray, T: np.ndarray, spec, f: Format, scale) -> Fast:
         r = 1.0 / onep
         er_rel = 2 * U + P.ES / np.maximum(onep - P.ES, 1.0)  # relative error of r
         # p_j = e_j r (j != k), relative error: e_j's (exp 4 ulps, rounding of d_j, eta) + r's
-        erel_e = (2.0 ** -50 + 2.01 * P.eta + er_rel + U)[:, None] \
-            + U * np.where(P.e > 0, P.d, 0.0)
+        erel_e = (2.0 ** -50 + 2.01 * P.eta + er_rel + U + U * P.dmax)[:, None]
         p = P.e * r[:, None]
         ep = np.abs(p) * erel_e + _TINY
         Kp = K[:, None] * p

@@ -55,8 +55,9 @@ from precision_lab.numerics.formats import Format, get_format
 from precision_lab.numerics.reference import (MAX_PRECISION, START_PRECISION, ReferenceError,
                                               _hilo, _round_open)
 from precision_lab.numerics.semantics import (ExactRow, LossSpec, _rational_raw,
-                                              _zero_rows, exact_coefficients,
-                                              reduction_denominator, validate)
+                                              _zero_rows, exact_coefficient,
+                                              exact_coefficients, reduction_denominator,
+                                              validate, zero_coefficients)
 
 __all__ = ["GradResult", "cross_entropy_grad", "cross_entropy_grad_detailed"]
 
@@ -137,11 +138,13 @@ def cross_entropy_grad_detailed(logits: np.ndarray, targets: np.ndarray, fmt: "s
         if method != "exact":
             scale = None if inv is None else _scale_parts(inv)
             fr = _fastsem.grad_rows(xg, Tg, spec, f, scale)
-            done = fr.ok.copy()
-            sub_v, sub_h, sub_l, sub_e = vals[general], hi[general], lo[general], err[general]
-            sub_v[done], sub_h[done] = fr.values[done], fr.hi[done]
-            sub_l[done], sub_e[done] = fr.lo[done], fr.err[done]
-            vals[general], hi[general], lo[general], err[general] = sub_v, sub_h, sub_l, sub_e
+            done = fr.ok
+            # whole rows are taken; the undecided elements are overwritten below
+            if every:
+                vals, hi, lo, err = fr.values, fr.hi, fr.lo, fr.err
+            else:
+                vals[general], hi[general], lo[general], err[general] = (fr.values, fr.hi,
+                                                                          fr.lo, fr.err)
         _exact_entries(xg, Tg, spec, f, inv, general, vals, hi, lo, err, exact_zero, done)
     slow = 0
     for r, i in enumerate(general.tolist()):
@@ -196,18 +199,24 @@ def _exact_entries(xg, Tg, spec: LossSpec, f: Format, inv, general, vals, hi, lo
                    exact_zero, done) -> None:
     """Elements known exactly without evaluation: p_j = 0 at -inf logits (value -c_j), and
     sech**2 = 0 at infinite logits under softcap (value 0)."""
-    rows, cols = np.nonzero(np.isinf(xg) if spec.softcap is not None else xg == -np.inf)
+    at = np.isinf(xg) if spec.softcap is not None else xg == -np.inf
+    if not at.any():
+        return
+    zero = at.copy() if spec.softcap is not None else at & zero_coefficients(Tg, spec)
+    rows, cols = np.nonzero(zero)
+    gi = general[rows]
+    vals[gi, cols] = 0
+    hi[gi, cols] = lo[gi, cols] = err[gi, cols] = 0.0
+    exact_zero[gi, cols] = True
+    done[rows, cols] = True
+    rows, cols = np.nonzero(at & ~zero)
     for r, j in zip(rows.tolist(), cols.tolist()):
         i = int(general[r])
-        if spec.softcap is not None:
-            q = Fraction(0)
-        else:
-            q = -exact_coefficients(spec, Tg[r])[j]
+        q = -exact_coefficient(spec, Tg[r], j)
         if inv is not None:
             q *= inv
-        v = I.round_rational(q, f)
         raw = _rational_raw(q)
-        vals[i, j] = v
+        vals[i, j] = I.round_rational(q, f)
         hi[i, j], lo[i, j], err[i, j] = _hilo(raw)
         exact_zero[i, j] = q == 0
         done[r, j] = True

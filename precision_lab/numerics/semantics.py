@@ -38,9 +38,10 @@ Non-finite inputs and zero coefficients (decided exactly, before any evaluation)
   class of weight 0).  torch computes 0 * inf there and returns NaN;
 * an ignored row -> 0; then a NaN logit -> NaN;
 * every coefficient 0 and z = 0 -> 0;
-* one +inf logit k: lse - y_k -> 0 (the limit) and lse - y_j = +inf for the others, so the
-  row is +-inf from any c_j != 0 (j != k) or from z > 0 (z lse**2 = +inf), NaN if both
-  signs occur, else 0.  Two or more +inf logits -> NaN (inf - inf);
+* +inf logits: lse = +inf and lse - y_j = +inf for every other logit, so the row is +-inf
+  from any c_j != 0 there or from z > 0 (z lse**2 = +inf), NaN if both signs occur.  At a
+  lone +inf logit k, lse - y_k -> 0 (the limit); with two or more, lse - y_j at a +inf
+  logit is inf - inf: NaN if such a c_j != 0.  No infinite term at all -> 0;
 * every logit -inf -> NaN (lse = -inf is undefined);
 * a -inf logit j with c_j != 0 -> c_j * (+inf) (sign of c_j; NaN if both signs occur): label
   smoothing makes every class count, so one masked class makes the smoothed loss +inf.
@@ -85,7 +86,8 @@ from precision_lab.numerics.reference import (MAX_PRECISION, START_PRECISION, Re
 
 __all__ = ["LossSpec", "LossArgumentError", "TargetIndexError", "KEYWORDS", "validate",
            "reduction_denominator", "cross_entropy", "cross_entropy_detailed",
-           "ReferenceError", "ReferenceResult"]
+           "exact_coefficient", "exact_coefficients", "zero_coefficients", "ReferenceError",
+           "ReferenceResult"]
 
 Reduction = Literal["none", "mean", "sum"]
 Method = Literal["auto", "exact", "fast"]
@@ -332,16 +334,19 @@ def _raw(q: Fraction) -> tuple:
 
 def coefficient_signs(x_row: np.ndarray, t, spec: LossSpec, cols: np.ndarray) -> np.ndarray:
     """Exact sign (-1, 0, 1) of c_j at the columns ``cols`` of one row."""
-    w = spec.weights()
-    out = np.zeros(len(cols), dtype=np.int64)
-    a, b = spec.a, spec.b
-    for n, j in enumerate(cols.tolist()):
-        if spec.prob:
-            c = Fraction(float(w[j])) * (a * Fraction(float(t[j])) + b)
-        else:
-            c = Fraction(float(w[j])) * ((a if j == int(t) else 0) + b)
-        out[n] = (c > 0) - (c < 0)
-    return out
+    w = spec.weights()[cols]
+    if not spec.prob:  # c_j = w_j ((1 - eps) [j = t] + eps / V), the bracket >= 0
+        on_t = cols == int(t)
+        factor_pos = on_t | (spec.label_smoothing > 0.0)
+        return (np.sign(w) * factor_pos).astype(np.int64)
+    q = np.asarray(t)[cols]
+    a, b = 1.0 - spec.label_smoothing, spec.label_smoothing / spec.V
+    out = np.sign(w) * np.sign(a * q + b)
+    near = np.abs(a * q + b) <= 1e-6 * max(b, abs(a * q).max(initial=0.0)) + 1e-300
+    for n in np.flatnonzero(near).tolist():
+        exact = spec.a * Fraction(float(q[n])) + spec.b
+        out[n] = np.sign(w[n]) * ((exact > 0) - (exact < 0))
+    return out.astype(np.int64)
 
 
 def _zero_rows(T: np.ndarray, spec: LossSpec) -> np.ndarray:
@@ -411,12 +416,11 @@ def _special_value(row: np.ndarray, t, spec: LossSpec, zero: bool) -> "float | N
     if spec.softcap is not None:
         return None  # +-inf become +-c: finite
     pinf = np.flatnonzero(row == np.inf)
-    if pinf.size >= 2:
-        return math.nan
     ninf = np.flatnonzero(row == -np.inf)
-    if pinf.size == 1:
-        k = int(pinf[0])
-        others = np.array([j for j in range(spec.V) if j != k], dtype=np.int64)
+    if pinf.size:
+        if pinf.size >= 2 and coefficient_signs(row, t, spec, pinf).any():
+            return math.nan  # lse - y_j = inf - inf for an infinite logit that counts
+        others = np.flatnonzero(row != np.inf)
         signs = set(coefficient_signs(row, t, spec, others).tolist()) - {0}
         if spec.z_loss > 0:
             signs.add(1)
@@ -487,6 +491,11 @@ class ExactRow:
 
     def rational_loss(self) -> "Fraction | None":
         """The exact loss where it is rational (module docstring), else None."""
+        if not hasattr(self, "_rational"):
+            self._rational = self._rational_loss()
+        return self._rational
+
+    def _rational_loss(self) -> "Fraction | None":
         spec = self.spec
         lone = len(self.vals) == 1 and self.counts[0] == 1
         C = spec.a * _fraction(self.A) + spec.b * _fraction(self.W)
@@ -792,11 +801,27 @@ def _rational_sum(gen: list, rows: dict) -> "Fraction | None":
     return tot
 
 
-def exact_coefficients(spec: LossSpec, t) -> list[Fraction]:
-    """The exact coefficients c_j of one row (for tests and the gradient's rational cases)."""
-    w = spec.weights()
-    a, b = spec.a, spec.b
+def exact_coefficient(spec: LossSpec, t, j: int) -> Fraction:
+    """The exact coefficient c_j of a row with target t (an index or a probability row)."""
+    wj = Fraction(float(spec.weight[j])) if spec.weight is not None else Fraction(1)
     if spec.prob:
-        return [Fraction(float(w[j])) * (a * Fraction(float(t[j])) + b) for j in range(spec.V)]
-    return [Fraction(float(w[j])) * ((a if j == int(t) else 0) + b) for j in range(spec.V)]
+        return wj * (spec.a * Fraction(float(t[j])) + spec.b)
+    return wj * ((spec.a if j == int(t) else 0) + spec.b)
+
+
+def exact_coefficients(spec: LossSpec, t) -> list[Fraction]:
+    """The exact coefficients c_j of one row."""
+    return [exact_coefficient(spec, t, j) for j in range(spec.V)]
+
+
+def zero_coefficients(T: np.ndarray, spec: LossSpec) -> np.ndarray:
+    """(B, V) bool: c_j == 0 exactly."""
+    B, V = len(T), spec.V
+    w = spec.weights()
+    if spec.prob:
+        return (w[None, :] == 0) | _prob_factor_zero(T, spec)
+    z = np.broadcast_to((w == 0) | (spec.label_smoothing == 0.0), (B, V)).copy()
+    rows = np.flatnonzero((T >= 0) & (T < V))
+    z[rows, T[rows]] = w[T[rows]] == 0
+    return z
 
