@@ -304,11 +304,18 @@ class _GradRow:
         else:
             val = I.sub(I.mul(K, self._pg(g, W), W), I.from_fraction(self.c[j], W), W)
         if self.spec.softcap is not None:
-            cap = libmp.from_float(self.spec.softcap)
-            xr = libmp.from_float(float(self.x[j]))
-            arg = I.Iv(libmp.mpf_div(xr, cap, W, I.FLOOR), libmp.mpf_div(xr, cap, W, I.CEIL))
-            val = I.mul(val, I.sech2(arg, W), W)
+            val = I.mul(val, self._sech2(g, W), W)
         return val
+
+    def _sech2(self, g: int, W: int) -> I.Iv:
+        """sech(x / c)**2 of group g's logit (shared by the group's elements)."""
+        key = (-1 - g, W)
+        if key not in self._p:
+            cap = libmp.from_float(self.spec.softcap)
+            xr = libmp.from_float(float(self.row.vals[g]))
+            arg = I.Iv(libmp.mpf_div(xr, cap, W, I.FLOOR), libmp.mpf_div(xr, cap, W, I.CEIL))
+            self._p[key] = I.sech2(arg, W)
+        return self._p[key]
 
     def element(self, j: int, f: Format, inv: "Fraction | None", i: int):
         """(value, hi, lo, err, exactly zero) of one element by Ziv's loop."""

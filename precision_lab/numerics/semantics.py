@@ -149,23 +149,21 @@ class LossSpec:
         """The per-class weights, all 1 without ``weight``."""
         return np.ones(self.V) if self.weight is None else self.weight
 
-    @cached_property
-    def _wsum(self) -> tuple:
-        if self.weight is None:
-            return libmp.from_int(self.V)
-        return I.exact_sum(self.weight.tolist())
-
-    def weight_sum(self) -> tuple:
-        """W = sum_j w_j exactly (a raw mpf)."""
-        return self._wsum
-
     def weight_sum_float(self) -> float:
-        """W rounded to nearest float64 (error <= u |W|)."""
-        return libmp.to_float(self.weight_sum())
+        """W correctly rounded to float64 (math.fsum; error <= u |W|)."""
+        return float(self.V) if self.weight is None else math.fsum(self.weight.tolist())
+
+    @cached_property
+    def _wsum_dd(self) -> tuple[float, float, float]:
+        if self.weight is None:
+            return float(self.V), 0.0, 0.0
+        h, l_, fac = _fastsem._dd_sum(self.weight[None, :], np.zeros((1, self.V)))
+        err = fac * 2.0 ** -106 * float(np.abs(self.weight).sum()) * 1.01
+        return float(h[0]), float(l_[0]), err
 
     def weight_sum_dd(self) -> tuple[float, float, float]:
-        """W as a double-double (hi, lo) and a bound on |W - hi - lo|."""
-        return dd_of_raw(self.weight_sum())
+        """W as a double-double (hi, lo) and a bound on |W - hi - lo| (a TwoSum tree)."""
+        return self._wsum_dd
 
 
 def validate(logits: np.ndarray, targets: np.ndarray, *, weight=None, ignore_index: int = -100,
@@ -300,18 +298,6 @@ def reduction_denominator(targets: np.ndarray, spec: LossSpec) -> Fraction:
     if spec.weight is None:
         return Fraction(int(keep.size))
     return _fraction(I.exact_sum(spec.weight[keep].tolist()))
-
-
-def dd_of_raw(raw: tuple) -> tuple[float, float, float]:
-    """(hi, lo, err) of an exact raw mpf: hi + lo its double-double rounding, err a bound on
-    the remainder (0 if exact)."""
-    hi = libmp.to_float(raw)
-    rest = libmp.mpf_sub(raw, libmp.from_float(hi), 0)
-    lo = libmp.to_float(rest)
-    resid = libmp.mpf_abs(libmp.mpf_sub(rest, libmp.from_float(lo), 0))
-    err = 0.0 if resid == I.ZERO else float(np.nextafter(libmp.to_float(resid, rnd=I.CEIL),
-                                                            np.inf))
-    return hi, lo, err
 
 
 def _fraction(raw: tuple) -> Fraction:
