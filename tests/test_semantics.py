@@ -5,6 +5,7 @@ against hand-derived exact values, and torch's argument errors."""
 from __future__ import annotations
 
 import itertools
+import zlib
 import math
 
 import ml_dtypes
@@ -76,7 +77,7 @@ COMBOS = list(itertools.product(
 
 @pytest.mark.parametrize("kind,weighted,eps,z,cap,reduction", COMBOS)
 def test_agrees_with_torch_float64(kind, weighted, eps, z, cap, reduction):
-    rng = np.random.default_rng(abs(hash((kind, weighted, eps, z, cap, reduction))) % 2**32)
+    rng = np.random.default_rng(zlib.crc32(repr((kind, weighted, eps, z, cap, reduction)).encode()))
     B, V = 16, 7
     x = rng.standard_normal((B, V)) * 3
     kw = dict(label_smoothing=eps, reduction=reduction, z_loss=z, softcap=cap)

@@ -15,11 +15,15 @@ callers).  Two arithmetics:
   a sech(a)**2 <= tanh(a) --, tanh's 4 ulps, one rounding of the product); y enters every
   later bound as an absolute perturbation eta (exp(y_j - m) then moves by a relative
   e**(2 eta) - 1 <= 2.01 eta).
-* double-double (float64 results, no softcap): values are unevaluated sums hi + lo;
-  TwoSum/TwoProd are exact; a double-double sum is within 4 u**2 (|a| + |b|), a product
-  within 10 u**2 |a b| (|a b| u**2 for the dropped lo*lo, the rest from the roundings of
-  the cross terms); exp and log1p are those of
-  :mod:`precision_lab.numerics._fastref` (relative 2**-84 and its log1p bound).
+* double-double (float64 results; the second attempt for rows the float64 arithmetic leaves
+  undecided): values are unevaluated sums hi + lo; TwoSum/TwoProd are exact; a
+  double-double sum is within 4 u**2 (|a| + |b|), a product within 10 u**2 |a b| (|a b| u**2
+  for the dropped lo*lo, the rest from the roundings of the cross terms), a quotient within
+  10 u**2 |a / b|; exp, expm1 and log1p are those of :mod:`precision_lab.numerics._fastref`
+  (relative 2**-84, its expm1 method 2**-82 -- 2**-80 is used here, for either sign of a
+  double-double argument -- and its log1p bound).  Soft-capping: tanh(b) =
+  -M / (2 + M), M = expm1(-2b), b = |x / c|, so y is within 2**-78 |y|, and
+  sech(x / c)**2 = 4E / (1 + E)**2, E = exp(-2b), within 2**-78.
 
 Every final bound is inflated by (1 + 2**-20), which covers the second-order terms and the
 rounding of the bound's own evaluation.  A value is "ok" where its whole enclosure rounds to
@@ -32,8 +36,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from precision_lab.numerics._fastref import (EPS_EXP, EPS_EXPM1, _dd_exp, _dd_expm1_nonneg,
-                                             _two_prod, _two_sum)
+from precision_lab.numerics._fastref import (_TH, _TL, EPS_EXP, EPS_EXPM1, _dd_exp,
+                                             _dd_expm1_nonneg, _exp_parts, _two_prod,
+                                             _two_sum)
 from precision_lab.numerics.formats import Format, round_float64_array
 
 U = 2.0 ** -53
@@ -194,13 +199,13 @@ def loss_rows(x: np.ndarray, T: np.ndarray, spec, f: Format) -> Fast:
     """Fast enclosures of the general rows' losses: float64 arithmetic first (formats below
     float64), then double-double for the rows it leaves undecided (and for float64)."""
     B, V = x.shape
-    if B == 0 or (f.name == "float64" and spec.softcap is not None):
+    if B == 0:
         return _empty(B, f)
     if f.name == "float64":
         return _run(_loss_dd, x, T, spec, f, B)
     out = _run(_loss_f64, x, T, spec, f, B)
     rows = np.flatnonzero(~out.ok)
-    if rows.size and spec.softcap is None:
+    if rows.size:
         _merge(out, rows, _run(_loss_dd, x[rows], T[rows], spec, f, rows.size))
     return out
 
@@ -213,7 +218,7 @@ def _loss_f64(x: np.ndarray, T: np.ndarray, spec, f: Format) -> Fast:
     w = spec.weights()
     eps = spec.label_smoothing
     with np.errstate(all="ignore"):
-        if spec.prob or eps:
+        if P.d is not None:  # kept for probabilities and smoothing
             fin = np.isfinite(P.d)
             dz = np.where(fin, P.d, 0.0)
         if not spec.prob:
@@ -349,8 +354,11 @@ def _dd_log1p(Sh: np.ndarray, Sl: np.ndarray, ES: np.ndarray):
 @dataclass
 class _PrepDD:
     k: np.ndarray
-    m: np.ndarray
-    yh: np.ndarray    # y - m = yh + yl exactly (before masking k)
+    mh: np.ndarray    # m = y_k as a double-double (exact without softcap)
+    ml: np.ndarray
+    eta_m: np.ndarray  # bound on the error of m (0 without softcap)
+    delta: np.ndarray  # (B,) bound on the error of every y_j - m (0 without softcap)
+    yh: np.ndarray    # y - m = yh + yl (exactly without softcap)
     yl: np.ndarray
     fin: np.ndarray
     eh: np.ndarray    # exp(y_j - m) as double-double, 0 at k and -inf logits
@@ -362,22 +370,120 @@ class _PrepDD:
     L1l: np.ndarray
     EL1: np.ndarray
     good: np.ndarray
+    Eh: "np.ndarray | None"  # softcap: exp(-2|x/c|) (for sech^2), else None
+    El: "np.ndarray | None"
 
 
-def _prep_dd(x: np.ndarray, T: np.ndarray, spec) -> _PrepDD:
+def _dd_div(nh, nl, dh, dl):
+    """(nh + nl) / (dh + dl), double-double, within 10 u**2 relative (one correction)."""
+    q0 = nh / dh
+    p, pe = _two_prod(q0, dh)
+    r = (((nh - p) - pe) + nl) - q0 * dl
+    return _two_sum(q0, r / dh)
+
+
+def _dd_expm1(uh: np.ndarray, ul: np.ndarray):
+    """expm1(uh + ul) for -746 <= uh <= 0, double-double, relative error <= 2**-80.
+
+    The reference fast path's expm1 method for a double-double argument of either sign:
+    expm1(u) = (2**k T_j - 1) + 2**k T_j p; the first part is exact (TwoSum) plus the table's
+    low part, the second accurate relative to itself, and for u < 0 they cancel by at most a
+    factor 2 as well (n = -1: 2**(-1/1024) - 1 against |p| <= ln 2 / 2048)."""
+    k, j, ph, pl = _exp_parts(uh, ul, accurate_tail=True)
+    th, tl = _TH[j], _TL[j]
+    sc = np.ldexp(1.0, k)
+    bh, be = _two_sum(sc * th, np.full_like(th, -1.0))
+    bl = be + sc * tl
+    a, ae = _two_prod(th, ph)
+    al = ae + (th * pl + tl * ph)
+    s_, se = _two_sum(bh, sc * a)
+    return _two_sum(s_, se + (bl + sc * al))
+
+
+def _dd_softcap(x: np.ndarray, c: float, want_E: bool):
+    """y = c tanh(x / c) as a double-double, its error bound eta (B, V), and (``want_E``)
+    E = exp(-2|x/c|) as a double-double, else None (module docstring).  x = +-inf gives
+    y = +-c exactly, E = 0."""
+    with np.errstate(all="ignore"):
+        inf = np.isinf(x)
+        xs = np.where(inf, 0.0, x)
+        ah = xs / c
+        p, pe = _two_prod(ah, np.full_like(ah, c))
+        al = ((xs - p) - pe) / c  # x - ah c is exact: a = ah + al within 2 u**2 |a|
+        neg = ah < 0
+        bh = np.abs(ah)
+        bl = np.where(neg, -al, al)
+        big = bh > 372.0  # exp(-2b) < 2**-1073: tanh = 1 and sech^2 = 0 within 2**-1070
+        uh = np.where(big, 0.0, -2 * bh)
+        ul = np.where(big, 0.0, -2 * bl)
+        Mh, Ml = _dd_expm1(uh, ul)  # M = expm1(-2b), relative 2**-80 (+ 2 u**2 from a)
+        Mh = np.where(big, -1.0, Mh)
+        Ml = np.where(big, 0.0, Ml)
+        dh_, dl_ = _dd_add(np.full_like(Mh, 2.0), np.zeros_like(Mh), Mh, Ml)
+        qh, ql = _dd_div(-Mh, -Ml, dh_, dl_)  # tanh(b), relative 2 * 2**-80 + 10 u**2
+        yh, yl = _dd_mul_d(qh, ql, c)
+        yh = np.where(neg, -yh, yh)
+        yl = np.where(neg, -yl, yl)
+        yh = np.where(inf, np.copysign(c, x), yh)
+        yl = np.where(inf, 0.0, yl)
+        eta = np.where(inf, 0.0, 2.0 ** -78 * np.abs(yh) + 2.0 ** -1070)
+        if not want_E:
+            return yh, yl, eta, None, None
+        # E = exp(-2b): 1 + M while 2b <= 1 (no cancellation), exp itself beyond, 0 when it
+        # underflows
+        E1h, E1l = _two_sum(np.ones_like(Mh), Mh)
+        E1l = E1l + Ml
+        Eh, El = _dd_exp(uh, ul)
+        near = bh <= 0.5
+        Eh = np.where(near, E1h, Eh)
+        El = np.where(near, E1l, El)
+        Eh = np.where(big | inf, 0.0, Eh)
+        El = np.where(big | inf, 0.0, El)
+    return yh, yl, eta, Eh, El
+
+
+def _dd_sech2(Eh: np.ndarray, El: np.ndarray):
+    """sech^2 = 4E / (1 + E)**2 from E = exp(-2|a|): (hi, lo), relative error <= 2**-78
+    (3 times E's, 2**-80, plus the double-double operations) plus 2**-1060 absolute (E
+    underflowing or 0)."""
+    oh, ol = _dd_add(np.ones_like(Eh), np.zeros_like(Eh), Eh, El)
+    sqh, sql = _dd_mul(oh, ol, oh, ol)
+    return _dd_div(4 * Eh, 4 * El, sqh, sql)
+
+
+def _prep_dd(x: np.ndarray, T: np.ndarray, spec, want_E: bool = False) -> _PrepDD:
     B, V = x.shape
     idx = np.arange(B)
+    uu = U * U
     with np.errstate(all="ignore"):
-        k = x.argmax(axis=1)
-        m = x[idx, k]
+        Eh = El = None
+        if spec.softcap is not None:
+            Yh, Yl, eta, Eh, El = _dd_softcap(x, spec.softcap, want_E)
+            fin = np.ones(x.shape, bool)
+        else:
+            Yh, Yl, eta = x, None, None
+            fin = np.isfinite(x)
+        k = Yh.argmax(axis=1)
+        mh = Yh[idx, k]
         if not spec.prob:
-            k = np.where(x[idx, T] == m, T, k)
-        fin = np.isfinite(x)
-        mag = np.where(fin, np.abs(x), 0.0).max(axis=1)
+            k = np.where(Yh[idx, T] == mh, T, k)
+        mh = Yh[idx, k]
+        mag = np.where(fin, np.abs(Yh), 0.0).max(axis=1)
         good = mag <= 2.0 ** 500
-        yh = x - m[:, None]
-        bb = yh - x
-        yl = (x - (yh - bb)) + (-m[:, None] - bb)  # TwoSum: x - m = yh + yl exactly
+        s_ = Yh - mh[:, None]
+        bb = s_ - Yh
+        e_ = (Yh - (s_ - bb)) + (-mh[:, None] - bb)  # TwoSum: Yh - mh = s_ + e_ exactly
+        if Yl is None:
+            ml = np.zeros(B)
+            eta_m = np.zeros(B)
+            delta = np.zeros(B)
+            yh, yl = s_, e_
+        else:
+            ml = Yl[idx, k]
+            eta_m = eta[idx, k]
+            yh, yl = _two_sum(s_, e_ + (Yl - ml[:, None]))
+            # the dd subtraction (4 u^2 (|y| + |m|)) and the errors of y_j and m
+            delta = (8 * uu * mag + eta.max(axis=1) + eta_m) * 1.01
         yh = np.where(fin, yh, -np.inf)
         yl = np.where(fin, yl, 0.0)
         live = yh >= -745.2
@@ -386,10 +492,12 @@ def _prep_dd(x: np.ndarray, T: np.ndarray, spec) -> _PrepDD:
         eh = np.where(live, eh, 0.0)
         el = np.where(live, el, 0.0)
         Sh, Sl, fac = _dd_sum(eh, el)
-        ES = (1.01 * EPS_EXP + fac * U * U) * Sh + V * 2.0 ** -1072
+        # an error delta in y_j - m moves exp(y_j - m) by a relative e^delta - 1 <= 1.01 delta
+        ES = (1.01 * EPS_EXP + fac * U * U + 1.01 * delta) * Sh + V * 2.0 ** -1072
         L1h, L1l, EL1 = _dd_log1p(Sh, Sl, ES)
-        good &= np.isfinite(L1h) & np.isfinite(EL1)
-    return _PrepDD(k, m, yh, yl, fin, eh, el, Sh, Sl, ES, L1h, L1l, EL1, good)
+        good &= np.isfinite(L1h) & np.isfinite(EL1) & (delta < 2.0 ** -40)
+    return _PrepDD(k, mh, ml, eta_m, delta, yh, yl, fin, eh, el, Sh, Sl, ES, L1h, L1l, EL1,
+                   good, Eh, El)
 
 
 def _dd_scalars(spec):
@@ -445,7 +553,7 @@ def _loss_dd(x: np.ndarray, T: np.ndarray, spec, f: Format) -> Fast:
             wt = w[T]
             th, tl = dh[idx, T], dl[idx, T]
             sh, sl = _dd_add(th, tl, L1h, L1l)
-            es = EL1 + 4 * uu * (np.abs(th) + L1a)
+            es = EL1 + 4 * uu * (np.abs(th) + L1a) + np.where(T == P.k, 0.0, P.delta)
             Nh, Nl = _dd_mul_d(sh, sl, wt)
             eN = np.abs(wt) * es + 4 * uu * np.abs(Nh) * 1.01
         else:
@@ -458,7 +566,7 @@ def _loss_dd(x: np.ndarray, T: np.ndarray, spec, f: Format) -> Fast:
             ph, pl = _dd_mul(Ah, Al, dh, dl)
             absP = np.abs(ph).sum(axis=1) * 1.01
             PAh, PAl, fac = _dd_sum(ph, pl)
-            ePA = (10 + fac) * uu * absP
+            ePA = (10 + fac) * uu * absP + P.delta * np.abs(Ah).sum(axis=1) * 1.01
             Sah, Sal, fac2 = _dd_sum(Ah, Al)
             eAs = fac2 * uu * np.abs(Ah).sum(axis=1) * 1.01
             ALh, ALl = _dd_mul(Sah, Sal, L1h, L1l)
@@ -471,14 +579,14 @@ def _loss_dd(x: np.ndarray, T: np.ndarray, spec, f: Format) -> Fast:
         if spec.label_smoothing:
             if spec.weight is None:
                 T1h, T1l, fac = _dd_sum(dh, dl)
-                eT1 = fac * uu * np.abs(T1h) * 1.01
+                eT1 = fac * uu * np.abs(dh).sum(axis=1) * 1.01 + P.delta * V
                 Wh, Wl, eW = float(V), 0.0, 0.0
             else:
                 wh, wl = _two_prod(dh, np.broadcast_to(w, dh.shape))
                 wl = wl + dl * w[None, :]
                 absT = np.abs(wh).sum(axis=1) * 1.01
                 T1h, T1l, fac = _dd_sum(wh, wl)
-                eT1 = (4 + fac) * uu * absT
+                eT1 = (4 + fac) * uu * absT + P.delta * float(np.abs(w).sum()) * 1.01
                 Wh, Wl, eW = spec.weight_sum_dd()
             WLh, WLl = _dd_mul(np.full(B, Wh), np.full(B, Wl), L1h, L1l)
             eWL = abs(Wh) * 1.01 * EL1 + eW * L1a + 10 * uu * np.abs(WLh) * 1.01
@@ -491,8 +599,8 @@ def _loss_dd(x: np.ndarray, T: np.ndarray, spec, f: Format) -> Fast:
             Lh, Ll = L2h, L2l
         if spec.z_loss:
             z = spec.z_loss
-            lh, ll = _dd_add(P.m, np.zeros(B), L1h, L1l)
-            el_ = EL1 + 4 * uu * (np.abs(P.m) + L1a)
+            lh, ll = _dd_add(P.mh, P.ml, L1h, L1l)
+            el_ = EL1 + P.eta_m + 4 * uu * (np.abs(P.mh) + L1a) * 1.01
             qh, ql = _dd_mul(lh, ll, lh, ll)
             eq = 2 * np.abs(lh) * 1.01 * el_ + el_ * el_ + 10 * uu * np.abs(qh) * 1.01
             zh, zl = _dd_mul_d(qh, ql, z)
@@ -513,13 +621,13 @@ def grad_rows(x: np.ndarray, T: np.ndarray, spec, f: Format, scale) -> Fast:
     """Fast enclosures of the gradient of the general rows (B, V); ``scale`` is 1/D as a
     (hi, lo, rel_err) triple (the mean's division), or None."""
     B, V = x.shape
-    if B == 0 or (f.name == "float64" and spec.softcap is not None):
+    if B == 0:
         return _empty((B, V), f)
     if f.name == "float64":
         return _run(_grad_dd, x, T, spec, f, (B, V), scale)
     out = _run(_grad_f64, x, T, spec, f, (B, V), scale)
     rows = np.flatnonzero(~out.ok.all(axis=1))
-    if rows.size and spec.softcap is None:
+    if rows.size:
         _merge(out, rows, _run(_grad_dd, x[rows], T[rows], spec, f, (rows.size, V), scale))
     return out
 
@@ -618,7 +726,7 @@ def _grad_f64(x: np.ndarray, T: np.ndarray, spec, f: Format, scale) -> Fast:
 def _grad_dd(x: np.ndarray, T: np.ndarray, spec, f: Format, scale) -> Fast:
     B, V = x.shape
     idx = np.arange(B)
-    P = _prep_dd(x, T, spec)
+    P = _prep_dd(x, T, spec, want_E=True)
     uu = U * U
     w = spec.weights()
     with np.errstate(all="ignore"):
@@ -649,8 +757,8 @@ def _grad_dd(x: np.ndarray, T: np.ndarray, spec, f: Format, scale) -> Fast:
         Kh, Kl, eK = Ch, Cl, eC
         if spec.z_loss:
             z = spec.z_loss
-            lh, ll = _dd_add(P.m, np.zeros(B), P.L1h, P.L1l)
-            el_ = P.EL1 + 4 * uu * (np.abs(P.m) + np.abs(P.L1h)) * 1.01
+            lh, ll = _dd_add(P.mh, P.ml, P.L1h, P.L1l)
+            el_ = P.EL1 + P.eta_m + 4 * uu * (np.abs(P.mh) + np.abs(P.L1h)) * 1.01
             zh, zl = _dd_mul_d(lh, ll, 2 * z)
             ez = 2 * z * el_ + 4 * uu * np.abs(zh) * 1.01
             Kh, Kl = _dd_add(Ch, Cl, zh, zl)
@@ -666,7 +774,8 @@ def _grad_dd(x: np.ndarray, T: np.ndarray, spec, f: Format, scale) -> Fast:
         # p_j = e_j r
         ph, pl = _dd_mul(P.eh, P.el, np.broadcast_to(rh[:, None], (B, V)),
                          np.broadcast_to(rl[:, None], (B, V)))
-        ep = (EPS_EXP * 1.01 + 10 * uu) * np.abs(ph) + P.eh * er[:, None] * 1.01 + 2.0 ** -1070
+        ep = (EPS_EXP * 1.01 + 10 * uu + 1.01 * P.delta[:, None]) * np.abs(ph) \
+            + P.eh * er[:, None] * 1.01 + 2.0 ** -1070
         Kph, Kpl = _dd_mul(np.broadcast_to(Kh[:, None], (B, V)),
                            np.broadcast_to(Kl[:, None], (B, V)), ph, pl)
         eKp = np.abs(Kh)[:, None] * 1.01 * ep + eK[:, None] * np.abs(ph) * 1.01 \
@@ -685,6 +794,12 @@ def _grad_dd(x: np.ndarray, T: np.ndarray, spec, f: Format, scale) -> Fast:
         gh[idx, P.k] = gkh
         gl[idx, P.k] = gkl
         eg[idx, P.k] = eKc + eKm + 4 * uu * (np.abs(Kch) + np.abs(Kmh)) * 1.01
+        if P.Eh is not None and P.El is not None:  # softcap: times sech(x / c)**2
+            s2h, s2l = _dd_sech2(P.Eh, P.El)
+            g2h, g2l = _dd_mul(gh, gl, s2h, s2l)
+            eg = eg * np.abs(s2h) * 1.01 + np.abs(gh) * (2.0 ** -78 * np.abs(s2h) + 2.0 ** -1060) \
+                + 10 * uu * np.abs(g2h) * 1.01
+            gh, gl = g2h, g2l
         if scale is not None:
             sh, sl, srel = scale
             g2h, g2l = _dd_mul(gh, gl, np.full((B, V), sh), np.full((B, V), sl))

@@ -36,8 +36,9 @@ finite logits equal; C = 0 and z = 0; a lone finite logit) are rounded from frac
 Elsewhere, with z = 0 and no softcap, p_j is irrational by Lindemann-Weierstrass (unless all
 finite logits are equal) and so is C p_j - c_j; with z > 0 or softcap no rational value is
 expected and Ziv's loop, capped at MAX_PRECISION bits, raises ReferenceError naming the row
-and class if it ever met one.  Fast path: :mod:`precision_lab.numerics._fastsem` (float64 /
-double-double with rigorous bounds); undecided elements go to the interval path.
+and class if it ever met one.  Fast path: :mod:`precision_lab.numerics._fastsem` (float64,
+then double-double, with rigorous bounds); undecided elements go to the interval path, one
+row's shared quantities (lse, 1 + S', K) computed once for all its undecided elements.
 """
 
 from __future__ import annotations

@@ -58,12 +58,12 @@ an enclosure whose ends both round to the same float, precision doubling from
 With softcap, tanh values are transcendental and no midpoint is expected; a row still
 undecided at the cap raises.
 
-Two paths, one answer (as :mod:`precision_lab.numerics.reference`): a vectorized float64
-(float16, bfloat16, float32 results) or double-double (float64 results, without softcap)
-evaluation with a rigorous running error bound; rows whose enclosure does not round to one
-value, and all softcapped float64 rows, go to the exact mpmath interval path
-(:mod:`precision_lab.numerics._interval`).  Error model of the fast path: IEEE float64
-+ - * / correctly rounded; numpy's float64 exp, log1p and tanh within 4 ulps.
+Two paths, one answer (as :mod:`precision_lab.numerics.reference`): a vectorized evaluation
+with a rigorous running error bound -- float64 arithmetic for float16, bfloat16 and float32
+results, double-double for float64 results and for the rows float64 leaves undecided
+(:mod:`precision_lab.numerics._fastsem`, which states its error model) -- and, for the rows
+whose enclosure still does not round to one value, the exact mpmath interval path
+(:mod:`precision_lab.numerics._interval`); both give the same bits.
 """
 
 from __future__ import annotations
