@@ -55,6 +55,9 @@ def test_undeclared_keywords_are_refused():
         REGISTRY["scipy"].grad(x, t, "float32")
     with pytest.raises(TypeError, match="trace records the plain loss only"):
         REGISTRY["lse"](x, t, "float32", trace=[], weight=np.ones(3))
+    for key in ("lse", "lse_log1p", "torch_logsoftmax_nll"):  # ignored rows: not traced
+        with pytest.raises(TypeError, match="plain loss only"):
+            REGISTRY[key](x, np.array([0, -100]), "float32", trace=[])
     with pytest.raises(TypeError, match="reduction"):
         REGISTRY["lse"].grad(x, t, "float32", reduction="avg")
     # defaults are not "use": the plain call still works everywhere

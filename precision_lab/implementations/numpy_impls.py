@@ -4,9 +4,10 @@ See :mod:`precision_lab.implementations.base` for the arithmetic model (what was
 numpy's, ml_dtypes' and scipy's float16/bfloat16 arithmetic) and the step ``OPS``.
 
 Training semantics (``lse`` and ``lse_log1p``; the definitions are those of
-:mod:`precision_lab.numerics.semantics`).  Constants are rounded once into the format first:
-a = fl(1 - eps), b = fl(eps / V), z, c, and the weights w (probability targets q too).  Then,
-every operation in the format's arithmetic, in this order:
+:mod:`precision_lab.numerics.semantics`).  Constants first: a = 1 - eps and b = eps / V are
+evaluated in float64 and rounded into the format; z, c, the weights w and probability targets
+q are rounded once into the format.  Then every operation in the format's arithmetic, in
+this order:
 
 * softcap: u = x / c, t = tanh(u), y = c * t (else y = x);
 * the algorithm's own log-sum-exp on y, giving per class r_j = -log p_j:
@@ -80,6 +81,7 @@ def lse(logits: np.ndarray, targets: np.ndarray, fmt: "str | Format", *,
     gather x_t, sub loss = lse - x_t.  Loss keywords: see the module docstring (not traced).
     """
     if _keyword_path(targets, keywords):
+        _no_trace(trace)
         return _semantic_loss("lse", logits, targets, fmt, keywords)
     rec = Recorder(trace)
     x, t, f, xs = prepare(logits, targets, fmt, rec)
@@ -106,6 +108,7 @@ def lse_log1p(logits: np.ndarray, targets: np.ndarray, fmt: "str | Format", *,
     keywords: see the module docstring (not traced).
     """
     if _keyword_path(targets, keywords):
+        _no_trace(trace)
         return _semantic_loss("lse_log1p", logits, targets, fmt, keywords)
     rec = Recorder(trace)
     x, t, f, xs = prepare(logits, targets, fmt, rec)
@@ -150,6 +153,12 @@ def _keyword_path(targets: np.ndarray, keywords: dict) -> bool:
     t = np.asarray(targets)
     return bool(keywords) or t.ndim == 2 or bool(np.issubdtype(t.dtype, np.integer)
                                                  and (t == -100).any())
+
+
+def _no_trace(trace) -> None:
+    if trace is not None:
+        raise TypeError("trace records the plain loss only (no loss keywords, probability "
+                        "targets or ignored rows)")
 
 
 def _const(v: float, f: Format) -> np.ndarray:

@@ -81,6 +81,9 @@ def torch_logsoftmax_nll(logits: np.ndarray, targets: np.ndarray, fmt: "str | Fo
     probability targets: -(lp * q' * w).sum(-1), q' = q * (1 - eps) + eps / V.
     """
     if keywords or np.ndim(targets) == 2 or _has_ignored(targets):
+        if trace is not None:
+            raise TypeError("trace records the plain loss only (no loss keywords, probability "
+                            "targets or ignored rows)")
         return _run("nll", logits, targets, fmt, reduction, device, keywords, grad=False)
     import torch.nn.functional as F
 
