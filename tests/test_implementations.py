@@ -67,9 +67,10 @@ def correctly_rounded(x: np.ndarray, t: np.ndarray, fmt: str) -> np.ndarray:
 # -- seed example ------------------------------------------------------------------------
 
 
-def test_seed_registry_has_the_eight_keys():
+def test_seed_registry_has_the_ten_keys():
     assert set(KEYS) == {"naive", "naive_softmax", "lse", "lse_log1p", "torch",
-                         "torch_logsoftmax_nll", "torch_manual", "scipy"}
+                         "torch_logsoftmax_nll", "torch_manual", "scipy", "torch_upcast",
+                         "torch_autocast"}
     assert set(STEPWISE) == set(STEP_ORDER)
     for k, impl in REGISTRY.items():
         assert impl.key == k and impl.description and "\n" not in impl.description

@@ -24,9 +24,12 @@ from precision_lab.implementations.numpy_impls import (
                                                 scipy_lse,
 )
 from precision_lab.implementations.registry import REGISTRY, get_implementation
-from precision_lab.implementations.torch_impls import torch_ce, torch_logsoftmax_nll, torch_manual
+from precision_lab.implementations.torch_impls import (torch_autocast, torch_ce,
+                                                       torch_logsoftmax_nll, torch_manual,
+                                                       torch_upcast)
 from precision_lab.numerics.sums import pairwise_sum
 
 __all__ = ["OPS", "Capabilities", "Implementation", "Step", "REGISTRY", "get_implementation",
            "from_torch", "to_torch", "pairwise_sum", "naive", "naive_softmax", "lse",
-           "lse_log1p", "scipy_lse", "torch_ce", "torch_logsoftmax_nll", "torch_manual"]
+           "lse_log1p", "scipy_lse", "torch_ce", "torch_logsoftmax_nll", "torch_manual",
+           "torch_upcast", "torch_autocast"]

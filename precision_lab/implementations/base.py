@@ -16,9 +16,21 @@ Registry (:data:`REGISTRY`, key -> :class:`Implementation`):
                        k = argmax (first one), m = x_k (numpy)
 ``torch``              torch.nn.functional.cross_entropy(x, t, reduction="none")
 ``torch_logsoftmax_nll``  F.nll_loss(F.log_softmax(x, dim=-1), t, reduction="none")
-``torch_manual``       the seed's torch ops per row: -torch.log(torch.exp(x[t]) / torch.exp(x).sum())
+``torch_manual``       the seed's torch ops per row:
+                       -torch.log(torch.exp(x[t]) / torch.exp(x).sum())
 ``scipy``              scipy.special.logsumexp(x, axis=-1) - x_t
+``torch_upcast``       F.cross_entropy(x.float(), t): bfloat16/float16 logits upcast to float32
+``torch_autocast``     F.cross_entropy(x, t) inside torch.autocast (bfloat16/float16)
 =====================  ===================================================================
+
+Training semantics: implementations declare the loss keywords they take
+(``Capabilities.keywords``: weight, ignore_index, label_smoothing, prob_targets, z_loss,
+softcap; see :mod:`precision_lab.numerics.semantics` for the definitions) and whether they
+have a gradient (``Capabilities.gradient``, :meth:`Implementation.grad`).  ``lse``,
+``lse_log1p``, ``torch``, ``torch_logsoftmax_nll``, ``torch_upcast`` and ``torch_autocast``
+take every keyword and have a gradient; ``torch_manual`` has a gradient (autograd) and no
+keywords; ``naive``, ``naive_softmax`` and ``scipy`` have neither.  The formulas and orders
+of operations are documented in :mod:`.numpy_impls` and :mod:`.torch_impls`.
 
 Arithmetic model (measured with numpy 2.4.6, ml_dtypes 0.6.0, torch 2.13.0 CPU, AVX512):
 
@@ -89,6 +101,7 @@ from typing import Any, Callable
 import numpy as np
 
 from precision_lab.numerics.formats import Format, get_format, round_float64_array
+from precision_lab.numerics.semantics import KEYWORDS, LossSpec, validate
 
 __all__ = [
     "Step",
@@ -98,6 +111,8 @@ __all__ = [
     "to_torch",
     "from_torch",
     "prepare",
+    "prepare_loss",
+    "LossInputs",
     "take",
     "Recorder",
 ]
@@ -240,12 +255,27 @@ class Capabilities:
             ("cpu", "cuda") for torch code.
         extra: the optional dependency group it needs (``pip install precision-lab[extra]``),
             or None.
+        gradient: has a ``grad_function`` (:meth:`Implementation.grad`): the gradient of the
+            loss with respect to the logits, (B, V).
+        keywords: the loss keywords it takes (a subset of
+            :data:`~precision_lab.numerics.semantics.KEYWORDS`: "weight", "ignore_index",
+            "label_smoothing", "prob_targets" (targets given as (B, V) probabilities),
+            "z_loss", "softcap"); the others are refused.  ``trace`` records the plain loss
+            only: an implementation refuses ``trace`` together with any loss keyword.
     """
 
     own_reduction: bool = False
     trace: bool = False
     devices: tuple[str, ...] = ("cpu",)
     extra: "str | None" = None
+    gradient: bool = False
+    keywords: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        unknown = set(self.keywords) - KEYWORDS
+        if unknown:
+            raise ValueError(f"unknown loss keywords {sorted(unknown)}; allowed: "
+                             f"{', '.join(sorted(KEYWORDS))}")
 
 
 @dataclass(frozen=True)
@@ -256,15 +286,27 @@ class Implementation:
         key: registry key, or the import path it was loaded from.
         function: ``(logits, targets, fmt, **keywords) -> np.ndarray``; the keywords it takes
             are exactly the ones its :class:`Capabilities` declare (``trace``, ``reduction``,
-            ``device``).
+            ``device``, and the loss keywords); it is only given those that differ from their
+            defaults.
         description: one line.
         capabilities: what it supports.
+        grad_function: ``(logits, targets, fmt, *, reduction, **keywords) -> (B, V) array``
+            (``device`` too where declared), or None; see :meth:`grad`.
     """
 
     key: str
     function: Callable[..., np.ndarray] = field(repr=False)
     description: str
     capabilities: Capabilities = Capabilities()
+    grad_function: "Callable[..., np.ndarray] | None" = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.capabilities.gradient and self.grad_function is None:
+            raise ValueError(f"implementation {self.key!r} declares gradient=True but has no "
+                             "grad_function")
+        if self.grad_function is not None and not self.capabilities.gradient:
+            raise ValueError(f"implementation {self.key!r} has a grad_function but does not "
+                             "declare gradient=True")
 
     @property
     def stepwise(self) -> bool:
@@ -273,39 +315,163 @@ class Implementation:
 
     def __call__(self, logits: np.ndarray, targets: np.ndarray, fmt: "str | Format", *,
                  trace: "list | None" = None, reduction: str = "none",
-                 device: str = "cpu") -> np.ndarray:
+                 device: str = "cpu", weight=None, ignore_index: int = -100,
+                 label_smoothing: float = 0.0, z_loss: float = 0.0,
+                 softcap: "float | None" = None) -> np.ndarray:
         """Per-sample losses, shape (B,), of fmt's dtype; with ``reduction`` "mean" or "sum"
         (only where ``capabilities.own_reduction``) one value, shape ().
 
+        The loss keywords (``weight`` ... ``softcap``; targets of shape (B, V) for
+        probability targets) have the meaning of
+        :mod:`precision_lab.numerics.semantics`; only those that differ from their defaults
+        are passed on, and each must be declared in ``capabilities.keywords``.
+
         Raises:
             TypeError: a keyword the implementation does not declare (``trace`` without
-                ``capabilities.trace``, a reduction without ``own_reduction``, a device not in
-                ``devices``), or the function returned the wrong dtype or shape.
+                ``capabilities.trace`` or together with a loss keyword, a reduction without
+                ``own_reduction``, a device not in ``devices``, an undeclared loss keyword),
+                or the function returned the wrong dtype or shape.
         """
         f = get_format(fmt)
         caps = self.capabilities
-        kwargs: dict[str, Any] = {}
+        kwargs = self._loss_keywords(targets, weight, ignore_index, label_smoothing, z_loss,
+                                     softcap)
         if trace is not None:
             if not caps.trace:
                 raise TypeError(f"implementation {self.key!r} is not step-wise; it takes no trace")
+            if kwargs or np.ndim(targets) == 2:
+                raise TypeError(f"implementation {self.key!r}: trace records the plain loss "
+                                "only; call it without loss keywords to trace it")
             kwargs["trace"] = trace
         if reduction != "none":
             if not caps.own_reduction:
                 raise TypeError(f"implementation {self.key!r} does not reduce its own way; "
                                 "reduce its per-sample losses instead")
             kwargs["reduction"] = reduction
-        if device != "cpu":
-            if device.split(":")[0] not in caps.devices:
-                raise TypeError(f"implementation {self.key!r} runs on {', '.join(caps.devices)}, "
-                                f"not {device!r}")
-            kwargs["device"] = device
+        self._device(device, kwargs)
         out = self.function(logits, targets, f, **kwargs)
+        expected = (np.shape(logits)[0],) if reduction == "none" else ()
+        self._check(out, f, expected)
+        return out
+
+    def grad(self, logits: np.ndarray, targets: np.ndarray, fmt: "str | Format", *,
+             reduction: str = "none", device: str = "cpu", weight=None,
+             ignore_index: int = -100, label_smoothing: float = 0.0, z_loss: float = 0.0,
+             softcap: "float | None" = None) -> np.ndarray:
+        """The gradient of the loss with respect to the logits, shape (B, V), fmt's dtype.
+
+        reduction "none" differentiates the sum of the per-sample losses (an upstream
+        gradient of 1 per sample), "sum" the same, "mean" the implementation's mean.  Loss
+        keywords as for :meth:`__call__`.
+
+        Raises:
+            TypeError: no declared gradient, an undeclared loss keyword or device, a bad
+                reduction, or a result of the wrong dtype or shape.
+        """
+        f = get_format(fmt)
+        if not self.capabilities.gradient or self.grad_function is None:
+            raise TypeError(f"implementation {self.key!r} declares no gradient")
+        if reduction not in ("none", "mean", "sum"):
+            raise TypeError(f"reduction must be 'none', 'mean' or 'sum', not {reduction!r}")
+        kwargs = self._loss_keywords(targets, weight, ignore_index, label_smoothing, z_loss,
+                                     softcap)
+        kwargs["reduction"] = reduction
+        self._device(device, kwargs)
+        out = self.grad_function(logits, targets, f, **kwargs)
+        self._check(out, f, tuple(np.shape(logits)))
+        return out
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _loss_keywords(self, targets, weight, ignore_index, label_smoothing, z_loss,
+                       softcap) -> dict[str, Any]:
+        """The non-default loss keywords, each checked against ``capabilities.keywords``."""
+        used: dict[str, Any] = {}
+        if weight is not None:
+            used["weight"] = weight
+        if ignore_index != -100:
+            used["ignore_index"] = ignore_index
+        if label_smoothing != 0.0:
+            used["label_smoothing"] = label_smoothing
+        if z_loss != 0.0:
+            used["z_loss"] = z_loss
+        if softcap is not None:
+            used["softcap"] = softcap
+        needed = set(used) | ({"prob_targets"} if np.ndim(targets) == 2 else set())
+        missing = needed - self.capabilities.keywords
+        if missing:
+            have = ", ".join(sorted(self.capabilities.keywords)) or "none"
+            raise TypeError(f"implementation {self.key!r} does not support "
+                            f"{', '.join(sorted(missing))} (its loss keywords: {have})")
+        return used
+
+    def _device(self, device: str, kwargs: dict) -> None:
+        if device != "cpu":
+            if device.split(":")[0] not in self.capabilities.devices:
+                raise TypeError(f"implementation {self.key!r} runs on "
+                                f"{', '.join(self.capabilities.devices)}, not {device!r}")
+            kwargs["device"] = device
+
+    def _check(self, out: Any, f: Format, expected: tuple) -> None:
         if not isinstance(out, np.ndarray) or out.dtype != f.np_dtype:
             got = out.dtype if isinstance(out, np.ndarray) else type(out).__name__
             raise TypeError(f"implementation {self.key!r} returned {got}; expected a numpy "
                             f"array of {f.np_dtype} for format {f.name}")
-        expected = (np.shape(logits)[0],) if reduction == "none" else ()
         if out.shape != expected:
             raise TypeError(f"implementation {self.key!r} returned shape {out.shape}; "
                             f"expected {expected}")
-        return out
+
+
+@dataclass
+class LossInputs:
+    """Validated loss inputs, in the format's dtype (see :func:`prepare_loss`).
+
+    Attributes:
+        x: (B, V) logits, rounded once into the format (or as given with ``cast=False``).
+        t: (B,) int64 class indices, or (B, V) probabilities rounded once into the format.
+        f: the format.
+        spec: the validated keywords (exact values: weight as given).
+        t_exact: the targets as validated: int64 indices, or float64 probabilities (exact).
+        w: (V,) weights rounded once into the format, or None.
+        valid: (B,) bool, the rows that are not ignored.
+        source: name of x's source for a trace: "logits", or "x" after a cast.
+    """
+
+    x: np.ndarray
+    t: np.ndarray
+    t_exact: np.ndarray
+    f: Format
+    spec: LossSpec
+    w: "np.ndarray | None"
+    valid: np.ndarray
+    source: str
+
+
+def prepare_loss(logits: np.ndarray, targets: np.ndarray, fmt: "str | Format", *,
+                 rec: "Recorder | None" = None, cast: bool = True, reduction: str = "none",
+                 weight=None, ignore_index: int = -100, label_smoothing: float = 0.0,
+                 z_loss: float = 0.0, softcap: "float | None" = None) -> LossInputs:
+    """Validate loss arguments with :func:`precision_lab.numerics.semantics.validate` (the
+    reference's checks and error types, which follow torch's) and round the logits (unless
+    ``cast`` is False), the weights and probability targets once into the format -- torch
+    needs them in the logits' dtype, and so does every format-arithmetic implementation."""
+    f = get_format(fmt)
+    arr = np.asarray(logits)
+    _, T, spec = validate(arr, targets, weight=weight, ignore_index=ignore_index,
+                          label_smoothing=label_smoothing, reduction=reduction, z_loss=z_loss,
+                          softcap=softcap)
+    source = "logits"
+    x = arr
+    if cast and arr.dtype != f.np_dtype:
+        x = round_float64_array(arr.astype(np.float64), f)
+        source = "x"
+        if rec is not None:
+            rec("x", "cast", (arr,), ("logits",), x)
+    w = None if spec.weight is None else round_float64_array(spec.weight, f)
+    if spec.prob:
+        t = round_float64_array(T, f)
+        valid = np.ones(T.shape[0], bool)
+    else:
+        t = T
+        valid = T != spec.ignore_index
+    return LossInputs(x, t, T, f, spec, w, valid, source)

@@ -17,17 +17,34 @@ from typing import Any
 from precision_lab.implementations.base import Capabilities, Implementation
 from precision_lab.implementations.numpy_impls import (
     lse,
+    lse_grad,
     lse_log1p,
+    lse_log1p_grad,
     naive,
     naive_softmax,
     scipy_lse,
 )
-from precision_lab.implementations.torch_impls import torch_ce, torch_logsoftmax_nll, torch_manual
+from precision_lab.implementations.torch_impls import (
+    torch_autocast,
+    torch_autocast_grad,
+    torch_ce,
+    torch_ce_grad,
+    torch_logsoftmax_nll,
+    torch_logsoftmax_nll_grad,
+    torch_manual,
+    torch_manual_grad,
+    torch_upcast,
+    torch_upcast_grad,
+)
+from precision_lab.numerics.semantics import KEYWORDS
 
 __all__ = ["REGISTRY", "get_implementation"]
 
 _NUMPY = Capabilities(trace=True)
+_NUMPY_SEM = Capabilities(trace=True, gradient=True, keywords=KEYWORDS)
 _TORCH_DEVICES = ("cpu", "cuda")
+_TORCH_SEM = Capabilities(own_reduction=True, devices=_TORCH_DEVICES, gradient=True,
+                          keywords=KEYWORDS)
 
 REGISTRY: dict[str, Implementation] = {
     impl.key: impl
@@ -36,19 +53,28 @@ REGISTRY: dict[str, Implementation] = {
         Implementation("naive_softmax", naive_softmax,
                        "unshifted softmax p = exp(x)/sum exp(x), then -log p_t", _NUMPY),
         Implementation("lse", lse, "max-shifted log-sum-exp: m + log(sum exp(x - m)) - x_t",
-                       _NUMPY),
+                       _NUMPY_SEM, lse_grad),
         Implementation("lse_log1p", lse_log1p,
                        "Blanchard-Higham-Higham: (m - x_t) + log1p(sum_{j!=k} exp(x_j - m))",
-                       _NUMPY),
+                       _NUMPY_SEM, lse_log1p_grad),
         Implementation("torch", torch_ce, "torch.nn.functional.cross_entropy, reduction='none'",
-                       Capabilities(own_reduction=True, devices=_TORCH_DEVICES)),
+                       _TORCH_SEM, torch_ce_grad),
         Implementation("torch_logsoftmax_nll", torch_logsoftmax_nll,
                        "F.nll_loss(F.log_softmax(x, dim=-1), t)",
-                       Capabilities(own_reduction=True, trace=True, devices=_TORCH_DEVICES)),
+                       Capabilities(own_reduction=True, trace=True, devices=_TORCH_DEVICES,
+                                    gradient=True, keywords=KEYWORDS),
+                       torch_logsoftmax_nll_grad),
         Implementation("torch_manual", torch_manual,
                        "seed torch ops: -torch.log(torch.exp(x[t]) / torch.exp(x).sum())",
-                       Capabilities(trace=True, devices=_TORCH_DEVICES)),
+                       Capabilities(trace=True, devices=_TORCH_DEVICES, gradient=True),
+                       torch_manual_grad),
         Implementation("scipy", scipy_lse, "scipy.special.logsumexp(x) - x_t"),
+        Implementation("torch_upcast", torch_upcast,
+                       "F.cross_entropy(x.float(), t): low-precision logits upcast to float32",
+                       _TORCH_SEM, torch_upcast_grad),
+        Implementation("torch_autocast", torch_autocast,
+                       "F.cross_entropy under torch.autocast (bfloat16/float16)",
+                       _TORCH_SEM, torch_autocast_grad),
     )
 }
 
