@@ -187,3 +187,26 @@ def test_numpy_keyword_path_ignores_default_ignore_index_rows():
         assert out[1] == 0 and out[3] == 0 and out[0] > 0, key
         g = REGISTRY[key].grad(x, t, "float32")
         assert np.all(g[1] == 0) and np.all(g[3] == 0), key
+
+
+def test_reference_dispatches_training_keywords_and_grad():
+    """reference.cross_entropy takes the keywords of the issue's interface and gives the
+    semantics module's values; a plain call is unchanged; the gradient is exposed too."""
+    import torch
+
+    from precision_lab.numerics import reference, semantics
+
+    x = np.array([[0.5, -1.0, 2.0], [1.0, 1.0, 0.0]])
+    t = np.array([2, -100])
+    got = reference.cross_entropy(x, t, "float64", "mean", label_smoothing=0.1)
+    assert got == semantics.cross_entropy(x, t, "float64", reduction="mean",
+                                          label_smoothing=0.1)
+    want = torch.nn.functional.cross_entropy(torch.tensor(x), torch.tensor(t),
+                                             label_smoothing=0.1)
+    assert abs(float(got) - float(want)) < 1e-15
+    g = reference.cross_entropy_grad(x, t, "float64", "mean", label_smoothing=0.1)
+    xt = torch.tensor(x, requires_grad=True)
+    torch.nn.functional.cross_entropy(xt, torch.tensor(t), label_smoothing=0.1).backward()
+    assert np.allclose(g, xt.grad.numpy(), rtol=1e-14, atol=1e-300)
+    plain = reference.cross_entropy(x, np.array([2, 0]), "float32")
+    assert plain.dtype == np.float32 and plain.shape == (2,)

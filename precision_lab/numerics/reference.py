@@ -57,7 +57,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import mpmath
 import numpy as np
@@ -67,6 +67,7 @@ from precision_lab.numerics import _fastref
 from precision_lab.numerics.formats import Format, as_array, get_format, round_to
 
 __all__ = ["ReferenceError", "ReferenceResult", "cross_entropy", "cross_entropy_detailed",
+           "cross_entropy_grad",
            "MAX_PRECISION", "START_PRECISION"]
 
 #: Working precision (bits) of the first exact attempt; it doubles on every retry.
@@ -126,20 +127,48 @@ class ReferenceResult:
     method: str
 
 
+def _training_semantics(targets: Any, kw: dict[str, Any]) -> bool:
+    """Whether a call needs :mod:`precision_lab.numerics.semantics`: a keyword away from its
+    default, probability targets, or a target equal to ``ignore_index``."""
+    if (kw.get("weight") is not None or kw.get("label_smoothing", 0.0) != 0.0
+            or kw.get("z_loss", 0.0) != 0.0 or kw.get("softcap") is not None):
+        return True
+    t = as_array(targets)
+    return t.ndim != 1 or bool(t.size and (t == kw.get("ignore_index", -100)).any())
+
+
 def cross_entropy(logits: np.ndarray, targets: np.ndarray, fmt: "str | Format",
-                  reduction: Reduction = "none") -> np.ndarray:
-    """Correctly rounded cross-entropy loss of exact logits; see :func:`cross_entropy_detailed`.
+                  reduction: Reduction = "none", *, weight: Any = None, ignore_index: int = -100,
+                  label_smoothing: float = 0.0, z_loss: float = 0.0,
+                  softcap: "float | None" = None) -> np.ndarray:
+    """Correctly rounded cross-entropy loss of exact logits, with nn.CrossEntropyLoss's
+    semantics (``weight``, ``ignore_index``, ``label_smoothing``, class-index or probability
+    ``targets``, ``reduction``) and the LLM extensions ``z_loss`` and ``softcap``; see
+    :func:`cross_entropy_detailed` and :mod:`precision_lab.numerics.semantics` for the exact
+    definitions.
 
     Returns:
         shape (B,) array of fmt's dtype (reduction "none"), or a 0-d array of fmt's dtype
         (reduction "mean" or "sum").
     """
-    return cross_entropy_detailed(logits, targets, fmt, reduction).values
+    return cross_entropy_detailed(logits, targets, fmt, reduction, weight=weight,
+                                  ignore_index=ignore_index, label_smoothing=label_smoothing,
+                                  z_loss=z_loss, softcap=softcap).values
+
+
+def cross_entropy_grad(logits: np.ndarray, targets: np.ndarray, fmt: "str | Format",
+                       reduction: Reduction = "none", **keywords: Any) -> np.ndarray:
+    """The gradient of the (reduced) loss with respect to the logits, shape (B, V), every
+    element correctly rounded to ``fmt``; the same keywords as :func:`cross_entropy` (see
+    :mod:`precision_lab.numerics.gradient`)."""
+    from precision_lab.numerics.gradient import cross_entropy_grad as grad  # uses this module
+
+    return grad(logits, targets, fmt, reduction=reduction, **keywords)
 
 
 def cross_entropy_detailed(logits: np.ndarray, targets: np.ndarray, fmt: "str | Format",
                            reduction: Reduction = "none",
-                           method: Method = "auto") -> ReferenceResult:
+                           method: Method = "auto", **keywords: Any) -> ReferenceResult:
     """Correctly rounded -log softmax(logits)[target] per row, or its mean or sum.
 
     Args:
@@ -159,6 +188,11 @@ def cross_entropy_detailed(logits: np.ndarray, targets: np.ndarray, fmt: "str | 
             (the message names the first such row).
         ReferenceError: a row or reduction not decided at MAX_PRECISION bits.
     """
+    if _training_semantics(targets, keywords):
+        from precision_lab.numerics import semantics  # it imports this module's helpers
+
+        return semantics.cross_entropy_detailed(logits, targets, fmt, reduction=reduction,
+                                                method=method, **keywords)
     f = get_format(fmt)
     if reduction not in ("none", "mean", "sum"):
         raise ValueError(f"reduction must be 'none', 'mean' or 'sum', not {reduction!r}")
