@@ -49,7 +49,7 @@ import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import Field, ValidationError
 
@@ -67,6 +67,7 @@ from precision_lab.experiment.inputs import (
     StrictModel,
     TorchRandInputs,
     UniformInputs,
+    apply_loss_inputs,
 )
 from precision_lab.implementations import REGISTRY, get_implementation
 from precision_lab.numerics.formats import FORMAT_NAMES, get_format
@@ -80,6 +81,8 @@ __all__ = [
     "SweepPoint",
     "load_config",
     "parse_config",
+    "quantities",
+    "LossConfig",
     "raw_data",
     "resolved_config",
     "config_hash",
@@ -107,6 +110,44 @@ class CompareConfig(StrictModel):
     formats: Union[list[str], None] = None  # default: every format of the experiment
 
 
+class LossConfig(StrictModel):
+    """The ``[loss]`` table: nn.CrossEntropyLoss's keywords and the LLM extensions, as the
+    experiment applies them (every number may be a list: a sweep axis).
+
+    * ``targets``: "index" (class indices) or "probabilities" (each row's target distribution
+      softmax(N(0, 1) / ``temperature``), drawn per row);
+    * ``weight``: fixed per-class weights (one per class), or ``weight_spread`` s: weights drawn
+      log-uniformly from [1/s, s] per class and sweep point;
+    * ``ignore_index`` and ``ignore_fraction``: that share of the targets (drawn per row)
+      replaced by ``ignore_index`` (padding);
+    * ``label_smoothing``, ``z_loss`` (PaLM: z_loss * lse(x)^2 per row), ``softcap`` (Gemma 2:
+      x -> softcap * tanh(x / softcap)).
+
+    Weights and probabilities are rounded once to the logits' format, like the logits; they
+    come from their own random stream, so the logits and targets are those of the same config
+    without the table."""
+
+    targets: Literal["index", "probabilities"] = "index"
+    weight: Union[list[float], None] = None
+    weight_spread: Union[Num, None] = None
+    ignore_index: int = -100
+    ignore_fraction: Num = 0.0
+    label_smoothing: Num = 0.0
+    z_loss: Num = 0.0
+    softcap: Union[Num, None] = None
+    temperature: Num = 1.0
+
+    #: The numbers that may be swept, in axis order.
+    NUMERIC: ClassVar[tuple[str, ...]] = ("weight_spread", "ignore_fraction", "label_smoothing",
+                                          "z_loss", "softcap", "temperature")
+
+    def numeric_params(self) -> list[tuple[str, Any]]:
+        return [(k, getattr(self, k)) for k in self.NUMERIC if getattr(self, k) is not None]
+
+
+Quantity = Literal["loss", "grad"]
+
+
 class ExperimentConfig(StrictModel):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")]
     question: str
@@ -122,6 +163,9 @@ class ExperimentConfig(StrictModel):
     reduction: Literal["none", "mean", "sum"] = "none"
     nonfinite: Literal["refuse", "allow"] = "refuse"
     device: str = "cpu"
+    input_format: Union[str, None] = None
+    quantity: Union[Quantity, list[Quantity]] = "loss"
+    loss: Union[LossConfig, None] = None
     compare: Union[CompareConfig, None] = None
 
 
@@ -310,6 +354,63 @@ def _check_device(device: str, path: Path) -> None:
                           [f"cuda:{i}" for i in range(n)])
 
 
+def _check_loss(cfg: ExperimentConfig, path: Path) -> None:
+    """The [loss] table's ranges, and that every implementation declares what it is asked."""
+    needed: dict[str, str] = {}
+    if cfg.loss is not None:
+        lc = cfg.loss
+        ranges = {"ignore_fraction": (0.0, 1.0, "in [0, 1]"),
+                  "label_smoothing": (0.0, 1.0, "in [0, 1]"),
+                  "z_loss": (0.0, math.inf, ">= 0"), "softcap": (0.0, math.inf, "> 0"),
+                  "temperature": (0.0, math.inf, "> 0"), "weight_spread": (1.0, math.inf, ">= 1")}
+        for key, (lo, hi, words) in ranges.items():
+            for v in _as_list(getattr(lc, key)) if getattr(lc, key) is not None else []:
+                strict = key in ("softcap", "temperature")
+                if not math.isfinite(v) or v < lo or v > hi or (strict and v <= lo):
+                    raise ConfigError(path, f"loss.{key}", f"must be {words}, got {v}")
+        if lc.weight is not None and lc.weight_spread is not None:
+            raise ConfigError(path, "loss.weight", "give weight or weight_spread, not both")
+        if lc.weight is not None:
+            if any(not (math.isfinite(w) and w >= 0) for w in lc.weight):
+                raise ConfigError(path, "loss.weight", "weights must be finite and >= 0")
+            for c in _as_list(cfg.classes) if cfg.classes is not None else []:
+                if len(lc.weight) != c:
+                    raise ConfigError(path, "loss.weight", f"{len(lc.weight)} weights for "
+                                      f"{c} classes; give one weight per class")
+        if lc.weight is not None or lc.weight_spread is not None:
+            needed["weight"] = "loss.weight"
+        if any(v > 0 for v in _as_list(lc.ignore_fraction)):
+            needed["ignore_index"] = "loss.ignore_fraction"
+            if lc.targets == "probabilities":
+                raise ConfigError(path, "loss.ignore_fraction", "probability targets have no "
+                                  "ignore_index (torch refuses it)")
+        if any(v > 0 for v in _as_list(lc.label_smoothing)):
+            needed["label_smoothing"] = "loss.label_smoothing"
+        if any(v > 0 for v in _as_list(lc.z_loss)):
+            needed["z_loss"] = "loss.z_loss"
+        if lc.softcap is not None:
+            needed["softcap"] = "loss.softcap"
+        if lc.targets == "probabilities":
+            needed["prob_targets"] = "loss.targets"
+    for key in implementation_keys(cfg):
+        caps = get_implementation(key).capabilities
+        for kw, where in needed.items():
+            if kw not in caps.keywords:
+                able = [k for k in REGISTRY if kw in REGISTRY[k].capabilities.keywords]
+                raise ConfigError(path, "implementations", f"{key!r} does not support {kw} "
+                                  f"(asked by {where})", able)
+        if "grad" in quantities(cfg) and not caps.gradient:
+            able = [k for k in REGISTRY if REGISTRY[k].capabilities.gradient]
+            raise ConfigError(path, "implementations", f"{key!r} has no gradient (asked by "
+                              "quantity)", able)
+    if cfg.input_format is not None:
+        try:
+            get_format(cfg.input_format)
+        except ValueError:
+            raise ConfigError(path, "input_format", f"unknown format {cfg.input_format!r}",
+                              FORMAT_NAMES) from None
+
+
 def _check(cfg: ExperimentConfig, path: Path) -> None:
     """Checks beyond types: names exist, numbers in range, data files readable and shaped."""
     _check_device(cfg.device, path)
@@ -377,6 +478,7 @@ def _check(cfg: ExperimentConfig, path: Path) -> None:
         if v < 0:
             raise ConfigError(path, "seed", f"must be >= 0, got {v}")
     gen.check(path, cfg.nonfinite)
+    _check_loss(cfg, path)
     if isinstance(gen, FileInputs):
         gen.check_data(path, cfg.nonfinite, cfg.batch_size)
 
@@ -394,7 +496,16 @@ class SweepPoint:
 
 def _numeric_params(cfg: ExperimentConfig) -> list[tuple[str, Any]]:
     out = [(k, getattr(cfg, k)) for k in TOP_NUMERIC if getattr(cfg, k) is not None]
-    return out + cfg.inputs.numeric_params()
+    out += cfg.inputs.numeric_params()
+    if cfg.loss is not None:
+        out += cfg.loss.numeric_params()
+    return out
+
+
+def quantities(cfg: ExperimentConfig) -> list[str]:
+    """What is measured: ["loss"], ["grad"] or ["loss", "grad"] (in that order)."""
+    q = cfg.quantity if isinstance(cfg.quantity, list) else [cfg.quantity]
+    return [x for x in ("loss", "grad") if x in q]
 
 
 def sweep_axes(cfg: ExperimentConfig) -> list[str]:
@@ -453,4 +564,5 @@ def bundled_experiments_dir() -> Path | None:
 
 def generate(cfg: ExperimentConfig, point: SweepPoint) -> InputBatch:
     """All batches of one sweep point (see :mod:`precision_lab.experiment.inputs`)."""
-    return cfg.inputs.generate(point.params, source_of(cfg).parent)
+    batch = cfg.inputs.generate(point.params, source_of(cfg).parent)
+    return batch if cfg.loss is None else apply_loss_inputs(batch, cfg.loss, point.params)

@@ -47,7 +47,8 @@ from pydantic import BaseModel, ConfigDict
 from precision_lab.experiment.errors import ConfigError
 from precision_lab.numerics.formats import FORMAT_NAMES, get_format, to_format
 
-__all__ = ["Num", "Int", "InputBatch", "Generator", "GENERATORS", "to_format",  # re-exported
+__all__ = ["Num", "Int", "InputBatch", "Generator", "GENERATORS", "apply_loss_inputs",
+           "to_format",  # re-exported
            "torch_rand_protocol", "check_finite", "load_array"]
 
 Num = Union[float, list[float]]
@@ -62,10 +63,13 @@ class StrictModel(BaseModel):
 
 @dataclass(frozen=True)
 class InputBatch:
-    """The inputs of one sweep point: logits (S, B, C) and int64 targets (S, B)."""
+    """The inputs of one sweep point: logits (S, B, C) and targets: int64 class indices
+    (S, B) or float64 probabilities (S, B, C); with a ``[loss]`` table also per-class
+    ``weight`` (C,) float64."""
 
     logits: np.ndarray
     targets: np.ndarray
+    weight: "np.ndarray | None" = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -388,3 +392,31 @@ GENERATORS: dict[str, type[Generator]] = {
     "torch_rand_protocol": TorchRandInputs,
     "file": FileInputs,
 }
+
+
+def apply_loss_inputs(batch: InputBatch, loss: Any, params: dict[str, Any]) -> InputBatch:
+    """The ``[loss]`` table's inputs on top of a point's logits and targets: ignored targets,
+    probability targets, class weights (see :class:`precision_lab.experiment.config.LossConfig`).
+
+    They come from their own stream, ``PCG64([seed, 2])``, so the logits and targets are the
+    same as without the table."""
+    S, B, C = batch.shape
+    rng = np.random.Generator(np.random.PCG64([int(params.get("seed", 0)), 2]))
+    weight = None
+    if loss.weight is not None:
+        weight = np.asarray(loss.weight, dtype=np.float64)
+    elif params.get("weight_spread") is not None:
+        ln = math.log(float(params["weight_spread"]))
+        weight = np.exp(rng.uniform(-ln, ln, size=C))
+    targets = batch.targets
+    if loss.targets == "probabilities":
+        z = rng.standard_normal(size=(S, B, C)) / float(params.get("temperature", 1.0))
+        z -= z.max(axis=-1, keepdims=True)
+        e = np.exp(z)
+        targets = e / e.sum(axis=-1, keepdims=True)
+    else:
+        frac = float(params.get("ignore_fraction", 0.0))
+        if frac > 0:
+            targets = np.where(rng.random(size=(S, B)) < frac, np.int64(loss.ignore_index),
+                               targets)
+    return InputBatch(batch.logits, targets, weight)

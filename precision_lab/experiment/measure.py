@@ -15,12 +15,16 @@ smallest logit, the target's logit, lse), computed once while the rows are in me
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any
 
 import numpy as np
 
 from precision_lab.implementations import Implementation
-from precision_lab.numerics.formats import Format, get_format
+from precision_lab.numerics.formats import Format, get_format, round_to
+from precision_lab.numerics.gradient import cross_entropy_grad_detailed
 from precision_lab.numerics.metrics import (
     bits_of_error,
     categorize,
@@ -29,6 +33,7 @@ from precision_lab.numerics.metrics import (
     ulp_error,
 )
 from precision_lab.numerics.reference import cross_entropy_detailed
+from precision_lab.numerics.semantics import reduction_denominator, validate
 from precision_lab.numerics.sums import reduce_in_format
 
 __all__ = ["ReferenceValues", "Metrics", "Measurement", "reference_values", "evaluate",
@@ -78,11 +83,20 @@ class Measurement:
     errors: dict[str, str] = field(default_factory=dict)
 
 
-def reference_values(x: np.ndarray, t: np.ndarray, f: Format, reduction: str) -> ReferenceValues:
-    """The certified reference of (S, B, V) logits: per row for "none", per batch otherwise."""
+def _rows(t: np.ndarray, S: int, B: int) -> np.ndarray:
+    """Targets of S batches as one batch of S * B rows (class indices or probabilities)."""
+    return t.reshape(S * B, *t.shape[2:])
+
+
+def reference_values(x: np.ndarray, t: np.ndarray, f: Format, reduction: str,
+                     keywords: "dict[str, Any] | None" = None) -> ReferenceValues:
+    """The certified reference of (S, B, V) logits: per row for "none", per batch otherwise;
+    ``keywords`` are the loss keywords (see :mod:`precision_lab.numerics.semantics`)."""
+    kw = keywords or {}
     S, B, V = x.shape
     if reduction == "none":
-        r = cross_entropy_detailed(x.reshape(S * B, V), t.reshape(S * B), f, reduction="none")
+        r = cross_entropy_detailed(x.reshape(S * B, V), _rows(t, S, B), f, reduction="none",
+                                   **kw)
         return ReferenceValues(np.asarray(r.values, dtype=f.np_dtype).reshape(-1),
                                np.asarray(r.hi, np.float64).reshape(-1),
                                np.asarray(r.lo, np.float64).reshape(-1),
@@ -90,7 +104,7 @@ def reference_values(x: np.ndarray, t: np.ndarray, f: Format, reduction: str) ->
     vals, his, los, errs, slow = [], [], [], [], 0
     for s in range(S):
         r = cross_entropy_detailed(x[s], t[s], f, reduction="mean" if reduction == "mean"
-                                   else "sum")
+                                   else "sum", **kw)
         vals.append(np.asarray(r.values, dtype=f.np_dtype).reshape(-1)[0])
         his.append(float(np.asarray(r.hi).reshape(-1)[0]))
         los.append(float(np.asarray(r.lo).reshape(-1)[0]))
@@ -100,22 +114,78 @@ def reference_values(x: np.ndarray, t: np.ndarray, f: Format, reduction: str) ->
                            np.asarray(errs), slow)
 
 
+def generic_reduce(per: np.ndarray, t: np.ndarray, f: Format, reduction: str, method: str,
+                   keywords: "dict[str, Any] | None" = None, logits: "np.ndarray | None" = None
+                   ) -> np.generic:
+    """Reduce an implementation's per-sample losses of one batch the runner's way: sum them in
+    the format by ``method`` (:func:`precision_lab.numerics.sums.reduce_in_format`); for
+    "mean" divide by torch's denominator -- B, or with loss keywords the sum of the
+    non-ignored targets' weights -- with one correct rounding."""
+    kw = keywords or {}
+    plain = not kw and np.ndim(t) == 1
+    if plain or reduction == "sum":
+        return reduce_in_format(per, reduction, f, method)
+    total = reduce_in_format(per, "sum", f, method)
+    _, T, spec = validate(np.asarray(logits), t, **kw)
+    D = reduction_denominator(T, spec)
+    v = float(total)
+    if not math.isfinite(v) or D == 0:
+        with np.errstate(all="ignore"):
+            return f.np_dtype.type(np.float64(v) / np.float64(float(D)))
+    return round_to(Fraction(v) / D, f)
+
+
 def evaluate(impl: Implementation, x: np.ndarray, t: np.ndarray, f: Format, reduction: str,
-             device: str = "cpu") -> np.ndarray:
+             device: str = "cpu", keywords: "dict[str, Any] | None" = None) -> np.ndarray:
     """The implementation on every batch of (S, B, V) logits: (S * B,) losses for "none",
     (S,) reduced values otherwise.  ``device`` applies to implementations that declare it;
-    the others run where they always run (numpy code: the CPU)."""
+    the others run where they always run (numpy code: the CPU).  An implementation without
+    its own reduction is reduced by :func:`generic_reduce` with its ``reduce_method``."""
+    kw = keywords or {}
     if device.split(":")[0] not in impl.capabilities.devices:
         device = "cpu"
     out = []
     for s in range(x.shape[0]):
         if reduction == "none":
-            out.append(impl(x[s], t[s], f, device=device))
-        elif impl.capabilities.own_reduction:
-            out.append(impl(x[s], t[s], f, reduction=reduction, device=device).reshape(1))
+            out.append(impl(x[s], t[s], f, device=device, **kw))
+        elif impl.capabilities.own_reduction and impl.reduce_method == "own":
+            out.append(impl(x[s], t[s], f, reduction=reduction, device=device, **kw)
+                       .reshape(1))
         else:
-            per = impl(x[s], t[s], f, device=device)
-            out.append(np.asarray([reduce_in_format(per, reduction, f)], dtype=f.np_dtype))
+            per = impl(x[s], t[s], f, device=device, **kw)
+            method = "sequential" if impl.reduce_method == "own" else impl.reduce_method
+            out.append(np.asarray([generic_reduce(per, t[s], f, reduction, method, kw, x[s])],
+                                  dtype=f.np_dtype))
+    return np.concatenate(out) if out else np.zeros(0, f.np_dtype)
+
+
+def reference_grad(x: np.ndarray, t: np.ndarray, f: Format, reduction: str,
+                   keywords: "dict[str, Any] | None" = None) -> ReferenceValues:
+    """The certified gradient of (S, B, V) logits, flattened to S * B * V elements (each
+    batch's own reduction for "mean"/"sum")."""
+    kw = keywords or {}
+    S, B, V = x.shape
+    if reduction == "none":
+        parts = [cross_entropy_grad_detailed(x.reshape(S * B, V), _rows(t, S, B), f,
+                                             reduction="none", **kw)]
+    else:
+        parts = [cross_entropy_grad_detailed(x[s], t[s], f, reduction=reduction, **kw)
+                 for s in range(S)]
+    cat = lambda name: np.concatenate([np.asarray(getattr(g, name)).reshape(-1)  # noqa: E731
+                                       for g in parts])
+    return ReferenceValues(cat("values").astype(f.np_dtype), cat("hi"), cat("lo"), cat("err"),
+                           sum(int(g.slow_elements) for g in parts))
+
+
+def evaluate_grad(impl: Implementation, x: np.ndarray, t: np.ndarray, f: Format,
+                  reduction: str, device: str = "cpu",
+                  keywords: "dict[str, Any] | None" = None) -> np.ndarray:
+    """The implementation's gradient on every batch, flattened to S * B * V elements."""
+    kw = keywords or {}
+    if device.split(":")[0] not in impl.capabilities.devices:
+        device = "cpu"
+    out = [impl.grad(x[s], t[s], f, reduction=reduction, device=device, **kw).reshape(-1)
+           for s in range(x.shape[0])]
     return np.concatenate(out) if out else np.zeros(0, f.np_dtype)
 
 
@@ -132,25 +202,31 @@ def metrics_of(computed: np.ndarray, ref: ReferenceValues, f: Format) -> Metrics
 
 
 def measure(x: np.ndarray, t: np.ndarray, fmt: "str | Format", impls: list[Implementation], *,
-            reduction: str = "none", device: str = "cpu",
-            keep_going: bool = False) -> Measurement:
+            reduction: str = "none", device: str = "cpu", keep_going: bool = False,
+            keywords: "dict[str, Any] | None" = None, quantity: str = "loss") -> Measurement:
     """Measure every implementation on (S, B, V) logits (already in their format) and (S, B)
-    targets against the certified reference in ``fmt``.
+    targets (or (S, B, V) probabilities) against the certified reference in ``fmt``:
+    ``quantity`` "loss" (one value per row, or per batch with a reduction) or "grad" (every
+    element of the gradient, flattened to S * B * V).  ``keywords``: the loss keywords.
 
     With ``keep_going`` an implementation that raises is recorded in ``errors`` instead of
     stopping the measurement (``explain`` uses it; the runner lets the error propagate)."""
     f = get_format(fmt)
     x = np.asarray(x)
-    t = np.asarray(t, dtype=np.int64)
-    if x.ndim != 3 or t.shape != x.shape[:2]:
-        raise ValueError(f"measure needs logits (S, B, V) and targets (S, B), got {x.shape} "
-                         f"and {t.shape}")
-    ref = reference_values(x, t, f, reduction)
+    t = np.asarray(t)
+    if t.ndim == 2:
+        t = t.astype(np.int64)
+    if x.ndim != 3 or t.shape[:2] != x.shape[:2] or t.ndim not in (2, 3):
+        raise ValueError(f"measure needs logits (S, B, V) and targets (S, B) or (S, B, V), "
+                         f"got {x.shape} and {t.shape}")
+    grad = quantity == "grad"
+    ref = (reference_grad if grad else reference_values)(x, t, f, reduction, keywords)
     results: dict[str, Metrics] = {}
     errors: dict[str, str] = {}
     for impl in impls:
         try:
-            out = evaluate(impl, x, t, f, reduction, device)
+            out = (evaluate_grad if grad else evaluate)(impl, x, t, f, reduction, device,
+                                                        keywords)
         except Exception as exc:  # noqa: BLE001 - recorded only when asked to keep going
             if not keep_going:
                 raise
@@ -161,16 +237,21 @@ def measure(x: np.ndarray, t: np.ndarray, fmt: "str | Format", impls: list[Imple
 
 
 def row_facts(x: np.ndarray, t: np.ndarray) -> dict[str, np.ndarray]:
-    """Per logit row (rows of the last axis flattened): ``row_max``, ``row_min``,
-    ``target_logit`` and ``lse`` = log sum_j exp(x_j), all float64 (lse computed with the max
-    shift, accurate to a few float64 ulps; +inf/NaN where the row holds them)."""
+    """Per logit row (rows of the last axis flattened): ``target`` (the class index; for
+    probability targets the most probable class), ``row_max``, ``row_min``, ``target_logit``
+    (NaN for an ignored row) and ``lse`` = log sum_j exp(x_j), float64 (lse computed with the
+    max shift, accurate to a few float64 ulps; +inf/NaN where the row holds them)."""
     V = x.shape[-1]
     x2 = np.asarray(x).reshape(-1, V).astype(np.float64)
-    t1 = np.asarray(t).reshape(-1)
+    ta = np.asarray(t)
+    target = (ta.reshape(-1, V).argmax(axis=1) if ta.ndim == x.ndim  # probabilities: the mode
+              else ta.reshape(-1)).astype(np.int64)
+    t1 = np.where((target >= 0) & (target < V), target, 0)  # ignored rows have no target
     rows = np.arange(x2.shape[0])
     with np.errstate(all="ignore"):
         m = x2.max(axis=1)
         mm = np.where(np.isfinite(m), m, 0.0)
         lse = mm + np.log(np.exp(x2 - mm[:, None]).sum(axis=1))
         lse = np.where(np.isfinite(m), lse, m)
-    return {"row_max": m, "row_min": x2.min(axis=1), "target_logit": x2[rows, t1], "lse": lse}
+    return {"target": target, "row_max": m, "row_min": x2.min(axis=1),
+            "target_logit": np.where(t1 == target, x2[rows, t1], np.nan), "lse": lse}

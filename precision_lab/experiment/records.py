@@ -22,7 +22,7 @@ from typing import Any
 from precision_lab.numerics.metrics import CATEGORIES
 from precision_lab.numerics.stats import ErrorStats
 
-__all__ = ["SCHEMA_VERSION", "Manifest", "RunInfo", "SummaryRow", "AgreementRow",
+__all__ = ["SCHEMA_VERSION", "Manifest", "RunInfo", "SummaryRow", "AgreementRow", "GradFacts",
            "PairErrorStats", "CompareResult", "SUMMARY_STATS", "summary_columns"]
 
 #: Version of the folder layout written by this package.
@@ -36,9 +36,11 @@ SUMMARY_STATS: tuple[str, ...] = (
 ) + tuple(f"n_{c}" for c in CATEGORIES)
 
 
-def summary_columns(axes: list[str]) -> list[str]:
-    """Column order of summary.csv / summary.json rows for the given swept parameters."""
-    return ["point", *axes, "implementation", "format", *SUMMARY_STATS]
+def summary_columns(axes: list[str], with_quantity: bool = False) -> list[str]:
+    """Column order of summary.csv / summary.json rows for the given swept parameters (with a
+    ``quantity`` column in experiments that measure the gradient)."""
+    return ["point", *axes, "implementation", "format",
+            *(["quantity"] if with_quantity else []), *SUMMARY_STATS]
 
 
 @dataclass(frozen=True)
@@ -123,12 +125,16 @@ class SummaryRow:
     implementation: str
     format: str
     stats: ErrorStats
+    quantity: str = "loss"
 
-    def to_row(self) -> dict[str, Any]:
-        """The flat row of summary.json / summary.csv, in :func:`summary_columns` order."""
+    def to_row(self, with_quantity: bool = False) -> dict[str, Any]:
+        """The flat row of summary.json / summary.csv, in :func:`summary_columns` order.
+
+        For the gradient (``quantity`` "grad") ``count`` counts gradient elements."""
         s = self.stats
         row: dict[str, Any] = {"point": self.point, **self.params,
                                "implementation": self.implementation, "format": self.format,
+                               **({"quantity": self.quantity} if with_quantity else {}),
                                "count": s.count, "exact_matches": s.exact_matches,
                                "exact_match_rate": s.exact_match_rate,
                                "ulp_error_mean": s.ulp_error_mean,
@@ -148,7 +154,43 @@ class SummaryRow:
             ulp_error_p90=row["ulp_error_p90"], ulp_error_p99=row["ulp_error_p99"],
             ulp_error_max=row["ulp_error_max"], bits_mean=row["bits_mean"], categories=cats)
         return cls(int(row["point"]), {a: row[a] for a in axes}, str(row["implementation"]),
-                   str(row["format"]), stats)
+                   str(row["format"]), stats, str(row.get("quantity", "loss")))
+
+
+@dataclass(frozen=True)
+class GradFacts:
+    """Where an implementation's gradient loses elements, one sweep point and format.
+
+    ``elements``: gradient elements measured; ``zero_for_nonzero``: computed 0 where the
+    correctly rounded truth is not 0; ``truth_subnormal``: elements whose correctly rounded
+    truth is subnormal; ``subnormal_lost``: of those, computed as 0; ``truth_underflow``:
+    elements whose exact value is not 0 but rounds to 0 (the exact gradient underflows the
+    format); ``nonfinite``: inf or NaN results where the truth is finite."""
+
+    point: int
+    params: dict[str, Any]
+    format: str
+    implementation: str
+    elements: int
+    zero_for_nonzero: int
+    truth_subnormal: int
+    subnormal_lost: int
+    truth_underflow: int
+    nonfinite: int
+
+    def to_row(self) -> dict[str, Any]:
+        d = {k: getattr(self, k) for k in ("point", "format", "implementation", "elements",
+                                           "zero_for_nonzero", "truth_subnormal",
+                                           "subnormal_lost", "truth_underflow", "nonfinite")}
+        return {"point": self.point, **self.params, **{k: v for k, v in d.items()
+                                                        if k != "point"}}
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any], axes: list[str]) -> "GradFacts":
+        return cls(int(row["point"]), {a: row[a] for a in axes}, str(row["format"]),
+                   str(row["implementation"]), *(int(row[k]) for k in (
+                       "elements", "zero_for_nonzero", "truth_subnormal", "subnormal_lost",
+                       "truth_underflow", "nonfinite")))
 
 
 @dataclass(frozen=True)
@@ -165,9 +207,11 @@ class AgreementRow:
     identical_rate: "float | None"
     ulp_distance_mean: "float | None"
     ulp_distance_max: "int | None"
+    quantity: str = "loss"
 
-    def to_row(self) -> dict[str, Any]:
+    def to_row(self, with_quantity: bool = False) -> dict[str, Any]:
         return {"point": self.point, **self.params, "format": self.format,
+                **({"quantity": self.quantity} if with_quantity else {}),
                 "implementation_a": self.implementation_a,
                 "implementation_b": self.implementation_b, "count": self.count,
                 "identical_rate": self.identical_rate,
@@ -178,7 +222,8 @@ class AgreementRow:
     def from_row(cls, row: dict[str, Any], axes: list[str]) -> "AgreementRow":
         return cls(int(row["point"]), {a: row[a] for a in axes}, str(row["format"]),
                    str(row["implementation_a"]), str(row["implementation_b"]), int(row["count"]),
-                   row["identical_rate"], row["ulp_distance_mean"], row["ulp_distance_max"])
+                   row["identical_rate"], row["ulp_distance_mean"], row["ulp_distance_max"],
+                   str(row.get("quantity", "loss")))
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,7 @@ from precision_lab.experiment.config import (
     generate,
     implementation_keys,
     parse_config,
+    quantities,
     raw_data,
     resolved_config,
     source_of,
@@ -64,6 +65,7 @@ from precision_lab.experiment.provenance import environment, git_info, platform_
 from precision_lab.experiment.records import (
     AgreementRow,
     CompareResult,
+    GradFacts,
     Manifest,
     RunInfo,
     SummaryRow,
@@ -154,17 +156,46 @@ def _check_writable(out_root: Path) -> None:
 
 def compute_chunk(cfg: ExperimentConfig, point: SweepPoint, fmt: str,
                   inputs: "InputBatch | None" = None) -> tuple[ChunkTables, np.ndarray, np.ndarray]:
-    """One sweep point in one format: (its tables, the rounded logits, the targets)."""
+    """One sweep point in one format: (its tables, the rounded logits, the targets).
+
+    The logits (and probability targets and class weights) are rounded once to the
+    config's ``input_format``, or to ``fmt`` without one; the reference is the exact loss of
+    those values rounded to ``fmt``."""
     batch = generate(cfg, point) if inputs is None else inputs
-    x = to_format(batch.logits, fmt)
+    in_fmt = cfg.input_format or fmt
+    x = to_format(batch.logits, in_fmt)
+    t = batch.targets if batch.targets.ndim == 2 else to_format(batch.targets, in_fmt)
+    keywords = loss_keywords(cfg, point, batch, in_fmt)
     impls = [get_implementation(k) for k in implementation_keys(cfg)]
-    meas = measure(x, batch.targets, fmt, impls, reduction=cfg.reduction, device=cfg.device)
+    measurements = {q: measure(x, t, fmt, impls, reduction=cfg.reduction, device=cfg.device,
+                               keywords=keywords, quantity=q) for q in quantities(cfg)}
     cmp = None
     if cfg.compare is not None and get_format(fmt).name in compare_formats(cfg):
         cmp = (cfg.compare.a, cfg.compare.b, cfg.compare.abs_tol)
-    tables = chunk_tables(point.index, dict(point.swept), fmt, meas, x, batch.targets,
+    tables = chunk_tables(point.index, dict(point.swept), fmt, measurements, x, t,
                           cfg.reduction, cmp)
-    return tables, x, batch.targets
+    return tables, x, t
+
+
+def loss_keywords(cfg: ExperimentConfig, point: SweepPoint, batch: InputBatch,
+                  in_fmt: str) -> dict[str, Any]:
+    """The loss keywords of a chunk, only those away from their defaults: the point's
+    label_smoothing, z_loss and softcap, the class weights rounded once to the logits'
+    format, and ignore_index."""
+    if cfg.loss is None:
+        return {}
+    p = point.params
+    kw: dict[str, Any] = {}
+    if batch.weight is not None:
+        kw["weight"] = to_format(batch.weight, in_fmt)
+    if cfg.loss.ignore_index != -100:
+        kw["ignore_index"] = cfg.loss.ignore_index
+    for key in ("label_smoothing", "z_loss"):
+        if float(p.get(key, 0.0)) != 0.0:
+            kw[key] = float(p[key])
+    if p.get("softcap") is not None:
+        kw["softcap"] = float(p["softcap"])
+    return kw
 
 
 _CACHED: dict[tuple[str, int], InputBatch] = {}
@@ -190,9 +221,10 @@ def _save_chunk(partial: Path, t: ChunkTables, x: np.ndarray, y: np.ndarray) -> 
     w = store.Writer(partial)
     store.save_inputs(partial / store.INPUTS_DIR, t.key, x, y)
     w.parquet(f"{t.key}.rows.parquet", t.rows)
-    w.json(f"{t.key}.json", {"summary": [r.to_row() for r in t.summary],
-                             "agreement": [r.to_row() for r in t.agreement],
+    w.json(f"{t.key}.json", {"summary": [r.to_row(True) for r in t.summary],
+                             "agreement": [r.to_row(True) for r in t.agreement],
                              "compare": [r.to_row() for r in t.compare],
+                             "grad_facts": [r.to_row() for r in t.grad_facts],
                              "slow_rows": t.slow_rows})
     w.parquet(f"{t.key}.parquet", t.samples)  # last: its presence marks the chunk done
 
@@ -204,7 +236,8 @@ def _load_chunk(partial: Path, key: str, axes: list[str]) -> ChunkTables:
                        [SummaryRow.from_row(r, axes) for r in meta["summary"]],
                        [AgreementRow.from_row(r, axes) for r in meta["agreement"]],
                        [CompareResult.from_row(r, axes) for r in meta["compare"]],
-                       int(meta["slow_rows"]))
+                       int(meta["slow_rows"]),
+                       [GradFacts.from_row(r, axes) for r in meta.get("grad_facts", [])])
 
 
 def _chunk_done(partial: Path, key: str) -> bool:
@@ -216,14 +249,16 @@ def _chunk_done(partial: Path, key: str) -> bool:
 def assemble_tables(manifest: Manifest, reduction: str, chunks: list[ChunkTables],
                     writer: store.Writer, compare: "tuple[str, str, float, list[str]] | None" = None
                     ) -> dict[str, Any]:
-    """Write samples, rows, summary, agreement and (with ``compare`` = (a, b, abs_tol,
-    formats)) compare tables of all chunks; return the in-memory tables for the report."""
+    """Write samples, rows, summary, agreement, (with ``compare`` = (a, b, abs_tol,
+    formats)) compare, and (when gradients were measured) gradients tables of all chunks;
+    return the in-memory tables for the report."""
     axes = list(manifest.sweep_axes)
+    wq = any(r.quantity != "loss" for c in chunks for r in c.summary)
     samples = pa.concat_tables([c.samples for c in chunks])
     rows = pa.concat_tables([c.rows for c in chunks])
     writer.parquet("samples.parquet", samples)
     writer.parquet("rows.parquet", rows)
-    summary_rows = [r.to_row() for c in chunks for r in c.summary]
+    summary_rows = [r.to_row(wq) for c in chunks for r in c.summary]
     summary_doc: dict[str, Any] = {"experiment": manifest.name, "question": manifest.question,
                                    "reduction": reduction, "sweep_axes": axes,
                                    "rows": summary_rows}
@@ -231,13 +266,19 @@ def assemble_tables(manifest: Manifest, reduction: str, chunks: list[ChunkTables
     if values is not None:
         summary_doc["values"] = values
     writer.json("summary.json", summary_doc)
-    writer.csv("summary.csv", [{k: r[k] for k in summary_columns(axes)} for r in summary_rows])
-    agreement_rows = [r.to_row() for c in chunks for r in c.agreement]
+    writer.csv("summary.csv", [{k: r[k] for k in summary_columns(axes, wq)}
+                               for r in summary_rows])
+    agreement_rows = [r.to_row(wq) for c in chunks for r in c.agreement]
     agreement_doc = {"experiment": manifest.name, "sweep_axes": axes, "rows": agreement_rows}
     writer.json("agreement.json", agreement_doc)
     writer.csv("agreement.csv", agreement_rows)
     out = {"samples": samples, "rows": rows, "summary.json": summary_doc,
            "agreement.json": agreement_doc}
+    if wq:
+        grad_doc = {"experiment": manifest.name, "sweep_axes": axes,
+                    "rows": [r.to_row() for c in chunks for r in c.grad_facts]}
+        writer.json("gradients.json", grad_doc)
+        out["gradients.json"] = grad_doc
     if compare is not None:
         a, b, tol, fmts = compare
         compare_doc = {"a": a, "b": b, "abs_tol": tol, "formats": sorted(fmts),

@@ -49,6 +49,7 @@ from precision_lab.experiment.errors import DamagedResultsError, LockedError, No
 from precision_lab.experiment.records import (
     AgreementRow,
     CompareResult,
+    GradFacts,
     Manifest,
     RunInfo,
     SummaryRow,
@@ -321,6 +322,11 @@ class Results:
     def summary(self) -> list[SummaryRow]:
         doc = self._json("summary.json")
         return [] if doc is None else [SummaryRow.from_row(r, self.axes) for r in doc["rows"]]
+
+    def grad_facts(self) -> list[GradFacts]:
+        """Where each implementation's gradient loses elements (experiments that measure it)."""
+        doc = self._json("gradients.json")
+        return [] if doc is None else [GradFacts.from_row(r, self.axes) for r in doc["rows"]]
 
     def values(self) -> "list[dict[str, Any]] | None":
         """Every computed value with its truth, for tiny experiments (None otherwise)."""

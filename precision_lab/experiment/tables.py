@@ -18,7 +18,13 @@ import numpy as np
 import pyarrow as pa
 
 from precision_lab.experiment.measure import Measurement
-from precision_lab.experiment.records import AgreementRow, CompareResult, PairErrorStats, SummaryRow
+from precision_lab.experiment.records import (
+    AgreementRow,
+    CompareResult,
+    GradFacts,
+    PairErrorStats,
+    SummaryRow,
+)
 from precision_lab.numerics.formats import Format, get_format, ulp_of
 from precision_lab.numerics.metrics import NO_DISTANCE, ulp_distance
 from precision_lab.numerics.stats import error_stats
@@ -48,10 +54,15 @@ class ChunkTables:
     agreement: list[AgreementRow]
     compare: list[CompareResult] = field(default_factory=list)
     slow_rows: int = 0
+    grad_facts: list[GradFacts] = field(default_factory=list)
 
 
-def samples_schema(params: dict[str, Any], axes: list[str]) -> pa.Schema:
-    """Column types of samples.parquet (swept parameters typed by their values)."""
+def samples_schema(params: dict[str, Any], axes: list[str],
+                   with_quantity: bool = False) -> pa.Schema:
+    """Column types of samples.parquet (swept parameters typed by their values).  Experiments
+    that measure the gradient have two more columns after ``format``: ``quantity`` ("loss"
+    or "grad") and ``element`` (the class of the row's worst gradient element; -1 for a
+    loss)."""
     cols = [("point", pa.int64())]
     for a in axes:
         v = params[a]
@@ -59,6 +70,7 @@ def samples_schema(params: dict[str, Any], axes: list[str]) -> pa.Schema:
                      else pa.float64()))
     cols += [("sample", pa.int64()), ("batch", pa.int64()), ("row", pa.int64()),
              ("implementation", pa.string()), ("format", pa.string()),
+             *([("quantity", pa.string()), ("element", pa.int64())] if with_quantity else []),
              ("computed", pa.float64()), ("reference", pa.float64()),
              ("exact_hi", pa.float64()), ("exact_lo", pa.float64()),
              ("ulp_distance", pa.uint64()), ("ulp_error", pa.float64()),
@@ -67,8 +79,54 @@ def samples_schema(params: dict[str, Any], axes: list[str]) -> pa.Schema:
     return pa.schema(cols)
 
 
+def _worst_elements(meas: Measurement, key: str, rows: int, V: int) -> np.ndarray:
+    """Per logit row, the index of its worst gradient element: a spurious non-finite one
+    first, else the largest ULP error (the first of equals)."""
+    m = meas.results[key]
+    score = np.where(np.isin(m.category, ("overflow", "nan", "missed_inf")), np.inf,
+                     np.nan_to_num(m.ulp_error, nan=-1.0)).reshape(rows, V)
+    return score.argmax(axis=1)
+
+
+def _grad_samples(point: int, swept: dict[str, Any], f: Format, meas: Measurement, S: int,
+                  B: int, V: int) -> pa.Table:
+    """One row per logit row and implementation: the row's worst gradient element."""
+    n = S * B
+    sample = np.arange(n, dtype=np.int64)
+    ref = meas.reference
+    keys = list(meas.results)
+    cols: dict[str, list[Any]] = {c: [] for c in (
+        "computed", "reference", "exact_hi", "exact_lo", "ulp_distance", "ulp_error",
+        "bits_of_error", "relative_error", "category", "element")}
+    for key in keys:
+        m = meas.results[key]
+        j = _worst_elements(meas, key, n, V)
+        idx = sample * V + j
+        cols["element"].append(j)
+        cols["computed"].append(m.computed[idx].astype(np.float64))
+        cols["reference"].append(ref.values[idx].astype(np.float64))
+        cols["exact_hi"].append(ref.hi[idx])
+        cols["exact_lo"].append(ref.lo[idx])
+        for name in ("ulp_distance", "ulp_error", "bits_of_error", "relative_error",
+                     "category"):
+            cols[name].append(getattr(m, name)[idx])
+    k = len(keys)
+    data: dict[str, Any] = {
+        "point": np.full(n * k, point, dtype=np.int64),
+        **{a: [v] * (n * k) for a, v in swept.items()},
+        "sample": np.tile(sample, k), "batch": np.tile(sample // B, k),
+        "row": np.tile(sample % B, k),
+        "implementation": [key for key in keys for _ in range(n)],
+        "format": [f.name] * (n * k), "quantity": ["grad"] * (n * k),
+        **{c: np.concatenate(v) if k else np.zeros(0) for c, v in cols.items()}}
+    data["category"] = [str(c) for c in data["category"]]
+    schema = samples_schema({"point": point, **swept}, list(swept), True)
+    return pa.Table.from_arrays([pa.array(data[nm], type=schema.field(nm).type)
+                                 for nm in schema.names], schema=schema)
+
+
 def _samples_table(point: int, swept: dict[str, Any], f: Format, meas: Measurement, S: int,
-                   B: int, reduction: str) -> pa.Table:
+                   B: int, reduction: str, with_quantity: bool = False) -> pa.Table:
     n = S * B if reduction == "none" else S
     if reduction == "none":
         sample = np.arange(n, dtype=np.int64)
@@ -94,13 +152,16 @@ def _samples_table(point: int, swept: dict[str, Any], f: Format, meas: Measureme
         cols[name] = (np.concatenate([getattr(meas.results[key], name) for key in keys])
                       if k else np.zeros(0))
     cols["category"] = [c for key in keys for c in meas.results[key].category.tolist()]
-    schema = samples_schema({"point": point, **swept}, list(swept))
+    if with_quantity:
+        cols["quantity"] = ["loss"] * (n * k)
+        cols["element"] = np.full(n * k, -1, dtype=np.int64)
+    schema = samples_schema({"point": point, **swept}, list(swept), with_quantity)
     return pa.Table.from_arrays([pa.array(cols[nm], type=schema.field(nm).type)
                                  for nm in schema.names], schema=schema)
 
 
-def _agreement(point: int, swept: dict[str, Any], f: Format,
-               meas: Measurement) -> list[AgreementRow]:
+def _agreement(point: int, swept: dict[str, Any], f: Format, meas: Measurement,
+               quantity: str = "loss") -> list[AgreementRow]:
     out = []
     for a, b in itertools.combinations(list(meas.results), 2):
         va, vb = meas.results[a].computed, meas.results[b].computed
@@ -111,7 +172,22 @@ def _agreement(point: int, swept: dict[str, Any], f: Format,
             point, dict(swept), f.name, a, b, int(d.size),
             float(same.mean()) if d.size else None,
             float(d[ok].astype(np.float64).mean()) if ok.any() else None,
-            int(d[ok].max()) if ok.any() else None))
+            int(d[ok].max()) if ok.any() else None, quantity))
+    return out
+
+
+def _grad_facts(point: int, swept: dict[str, Any], f: Format,
+                meas: Measurement) -> list[GradFacts]:
+    ref = meas.reference.values.astype(np.float64)
+    sub = (ref != 0) & (np.abs(ref) < f.smallest_normal)
+    out = []
+    for key, m in meas.results.items():
+        c = m.computed.astype(np.float64)
+        out.append(GradFacts(point, dict(swept), f.name, key, int(c.size),
+                             int(((c == 0) & (ref != 0) & np.isfinite(ref)).sum()),
+                             int(sub.sum()), int((sub & (c == 0)).sum()),
+                             int(((ref == 0) & (meas.reference.hi != 0)).sum()),
+                             int((~np.isfinite(c) & np.isfinite(ref)).sum())))
     return out
 
 
@@ -151,33 +227,45 @@ def _compare(point: int, swept: dict[str, Any], f: Format, meas: Measurement, a:
         _pair_stats(ma), _pair_stats(mb))
 
 
-def chunk_tables(point: int, swept: dict[str, Any], fmt: "str | Format", meas: Measurement,
-                 x: np.ndarray, t: np.ndarray, reduction: str,
-                 compare: "tuple[str, str, float] | None" = None) -> ChunkTables:
-    """The tables of one chunk from its measurement and its (S, B, V) inputs.
+def chunk_tables(point: int, swept: dict[str, Any], fmt: "str | Format",
+                 measurements: dict[str, Measurement], x: np.ndarray, t: np.ndarray,
+                 reduction: str, compare: "tuple[str, str, float] | None" = None
+                 ) -> ChunkTables:
+    """The tables of one chunk from its measurements ({"loss": ..., "grad": ...}, either or
+    both) and its (S, B, V) inputs.  A ``quantity`` column appears when "grad" is measured.
 
-    ``compare``: (a, b, abs_tol) when the config's ``[compare]`` check applies to this format.
+    ``compare``: (a, b, abs_tol) when the config's ``[compare]`` check applies (loss only).
     """
     from precision_lab.experiment.measure import row_facts
 
     f = get_format(fmt)
-    S, B, _ = x.shape
-    samples = _samples_table(point, swept, f, meas, S, B, reduction)
-    summary = []
-    for key, m in meas.results.items():
-        summary.append(SummaryRow(point, dict(swept), key, f.name,
-                                  error_stats(m.ulp_error, m.ulp_distance, m.bits_of_error,
-                                              m.category)))
+    S, B, V = x.shape
+    with_q = "grad" in measurements
+    parts, summary, agreement, cmp, facts_g = [], [], [], [], []
+    slow = 0
+    for quantity, meas in measurements.items():
+        if quantity == "grad":
+            parts.append(_grad_samples(point, swept, f, meas, S, B, V))
+            facts_g = _grad_facts(point, swept, f, meas)
+        else:
+            parts.append(_samples_table(point, swept, f, meas, S, B, reduction, with_q))
+            if compare:
+                cmp = [_compare(point, swept, f, meas, *compare)]
+        for key, m in meas.results.items():
+            summary.append(SummaryRow(point, dict(swept), key, f.name,
+                                      error_stats(m.ulp_error, m.ulp_distance, m.bits_of_error,
+                                                  m.category), quantity))
+        agreement += _agreement(point, swept, f, meas, quantity)
+        slow += meas.reference.slow_rows
     facts = row_facts(x, t)
     n = S * B
     rows = pa.table({"point": np.full(n, point, np.int64), "format": [f.name] * n,
                      "batch": np.repeat(np.arange(S, dtype=np.int64), B),
                      "row": np.tile(np.arange(B, dtype=np.int64), S),
-                     "target": np.asarray(t, np.int64).reshape(-1),
                      **{k: v for k, v in facts.items()}})
-    cmp = [_compare(point, swept, f, meas, *compare)] if compare else []
-    return ChunkTables(chunk_key(point, f.name), samples, rows, summary,
-                       _agreement(point, swept, f, meas), cmp, meas.reference.slow_rows)
+    samples = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+    return ChunkTables(chunk_key(point, f.name), samples, rows, summary, agreement, cmp, slow,
+                       facts_g)
 
 
 def values_view(table: pa.Table, axes: list[str]) -> "list[dict[str, Any]] | None":

@@ -24,9 +24,13 @@ from precision_lab.implementations.numpy_impls import (
                                                 scipy_lse,
 )
 from precision_lab.implementations.registry import REGISTRY, get_implementation
-from precision_lab.implementations.torch_impls import (torch_autocast, torch_ce,
-                                                       torch_logsoftmax_nll, torch_manual,
-                                                       torch_upcast)
+from precision_lab.implementations.torch_impls import (
+                                                torch_autocast,
+                                                torch_ce,
+                                                torch_logsoftmax_nll,
+                                                torch_manual,
+                                                torch_upcast,
+)
 from precision_lab.numerics.sums import pairwise_sum
 
 __all__ = ["OPS", "Capabilities", "Implementation", "Step", "REGISTRY", "get_implementation",

@@ -292,6 +292,11 @@ class Implementation:
         capabilities: what it supports.
         grad_function: ``(logits, targets, fmt, *, reduction, **keywords) -> (B, V) array``
             (``device`` too where declared), or None; see :meth:`grad`.
+        reduce_method: how the runner reduces this implementation's per-sample losses for a
+            "mean" or "sum": "own" (its own reduction where it declares one, else the seed's
+            sequential loop), or one of "sequential", "pairwise", "kahan", "float32" (see
+            :func:`precision_lab.numerics.sums.reduce_in_format`); set by the key parameter
+            ``reduce=``, e.g. ``"torch(reduce=kahan)"``.
     """
 
     key: str
@@ -299,6 +304,7 @@ class Implementation:
     description: str
     capabilities: Capabilities = Capabilities()
     grad_function: "Callable[..., np.ndarray] | None" = field(default=None, repr=False)
+    reduce_method: str = "own"
 
     def __post_init__(self) -> None:
         if self.capabilities.gradient and self.grad_function is None:

@@ -10,9 +10,11 @@ losses only); declare more by giving the function a ``capabilities`` attribute
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import inspect
-from typing import Any
+import re
+from typing import Any, Callable
 
 from precision_lab.implementations.base import Capabilities, Implementation
 from precision_lab.implementations.numpy_impls import (
@@ -38,7 +40,7 @@ from precision_lab.implementations.torch_impls import (
 )
 from precision_lab.numerics.semantics import KEYWORDS
 
-__all__ = ["REGISTRY", "get_implementation"]
+__all__ = ["REGISTRY", "PARAMETERS", "get_implementation", "parse_key"]
 
 _NUMPY = Capabilities(trace=True)
 _NUMPY_SEM = Capabilities(trace=True, gradient=True, keywords=KEYWORDS)
@@ -79,6 +81,55 @@ REGISTRY: dict[str, Implementation] = {
 }
 
 
+#: Parameters an implementation key may carry, ``"key(name=value, ...)"``: per base key, a
+#: function (implementation, params) -> implementation that applies the ones it knows and
+#: raises ValueError for the others.  ``reduce=`` applies to every key (see
+#: :attr:`Implementation.reduce_method`).
+PARAMETERS: dict[str, Callable[[Implementation, dict[str, str]], Implementation]] = {}
+
+_KEY = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*\((.*)\)\s*$")
+
+
+def parse_key(text: str) -> tuple[str, dict[str, str]]:
+    """``"chunked(chunk_size=4096, reduce=kahan)"`` -> ("chunked", {"chunk_size": "4096",
+    "reduce": "kahan"}); a bare key has no parameters.
+
+    Raises:
+        ValueError: a malformed parameter list."""
+    m = _KEY.match(text)
+    if m is None:
+        return text.strip(), {}
+    params: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in m.group(2).split(","))):
+        name, eq, value = part.partition("=")
+        if not eq or not name.strip().isidentifier() or not value.strip():
+            raise ValueError(f"implementation {text!r}: parameter {part!r} is not name=value")
+        params[name.strip()] = value.strip()
+    return m.group(1), params
+
+
+def _with_params(base: Implementation, text: str, params: dict[str, str]) -> Implementation:
+    from precision_lab.numerics.sums import REDUCE_METHODS
+
+    impl = base
+    rest = dict(params)
+    method = rest.pop("reduce", None)
+    if rest:
+        hook = PARAMETERS.get(base.key)
+        if hook is None:
+            raise ValueError(f"implementation {text!r}: {base.key!r} takes no parameters "
+                             f"{sorted(rest)} (every key takes reduce=)")
+        impl = hook(impl, rest)
+    if method is not None:
+        allowed = ("own", *REDUCE_METHODS)
+        if method not in allowed:
+            raise ValueError(f"implementation {text!r}: reduce={method!r}; allowed: "
+                             f"{', '.join(allowed)}")
+        impl = dataclasses.replace(impl, reduce_method=method)
+    canonical = base.key + "(" + ", ".join(f"{k}={v}" for k, v in params.items()) + ")"
+    return dataclasses.replace(impl, key=canonical)
+
+
 def _allowed() -> str:
     return (f"allowed: one of {', '.join(REGISTRY)}, or an import path "
             f"'package.module:function'")
@@ -103,6 +154,9 @@ def get_implementation(key_or_path: "str | Implementation") -> Implementation:
         raise ValueError(f"implementation must be a string, got {value!r}; {_allowed()}")
     if value in REGISTRY:
         return REGISTRY[value]
+    name, params = parse_key(value)
+    if params and name in REGISTRY:
+        return _with_params(REGISTRY[name], value, params)
     if ":" not in value:
         raise ValueError(f"unknown implementation {value!r}; {_allowed()}")
     module_name, _, attr_path = value.partition(":")

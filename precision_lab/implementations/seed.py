@@ -1,8 +1,9 @@
 """The seed question's manual cross-entropy, verbatim (../shared/seed/: "Cross Entropy in PyTorch").
 
 Kept in one place because three things must run exactly the seed's arithmetic: the
-``ATEN_CPU_CAPABILITY`` study (:mod:`precision_lab.studies.capability`), and the tests that check the
-runner's generic mean reduction and the seed_81_percent experiment against the seed's own code.
+``ATEN_CPU_CAPABILITY`` study (:mod:`precision_lab.studies.capability`), and the tests that
+check the runner's generic mean reduction and the seed_81_percent experiment against the
+seed's own code.
 """
 
 from __future__ import annotations

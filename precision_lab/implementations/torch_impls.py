@@ -40,8 +40,14 @@ from typing import Any
 
 import numpy as np
 
-from precision_lab.implementations.base import (LossInputs, Recorder, from_torch, prepare,
-                                                prepare_loss, to_torch)
+from precision_lab.implementations.base import (
+    LossInputs,
+    Recorder,
+    from_torch,
+    prepare,
+    prepare_loss,
+    to_torch,
+)
 from precision_lab.numerics.formats import Format, get_format, round_float64_array
 
 __all__ = ["torch_ce", "torch_logsoftmax_nll", "torch_manual", "torch_upcast", "torch_autocast",

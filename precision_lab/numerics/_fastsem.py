@@ -36,9 +36,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from precision_lab.numerics._fastref import (_TH, _TL, EPS_EXP, EPS_EXPM1, _dd_exp,
-                                             _dd_expm1_nonneg, _exp_parts, _two_prod,
-                                             _two_sum)
+from precision_lab.numerics._fastref import (
+    _TH,
+    _TL,
+    EPS_EXP,
+    EPS_EXPM1,
+    _dd_exp,
+    _dd_expm1_nonneg,
+    _exp_parts,
+    _two_prod,
+    _two_sum,
+)
 from precision_lab.numerics.formats import Format, round_float64_array
 
 U = 2.0 ** -53

@@ -52,13 +52,25 @@ from mpmath import libmp
 
 from precision_lab.numerics import _fastsem
 from precision_lab.numerics import _interval as I
+from precision_lab.numerics._ziv import (
+    MAX_PRECISION,
+    START_PRECISION,
+    ReferenceError,
+    _hilo,
+    _round_open,
+)
 from precision_lab.numerics.formats import Format, get_format
-from precision_lab.numerics.reference import (MAX_PRECISION, START_PRECISION, ReferenceError,
-                                              _hilo, _round_open)
-from precision_lab.numerics.semantics import (ExactRow, LossSpec, _rational_raw,
-                                              _zero_rows, exact_coefficient,
-                                              exact_coefficients, reduction_denominator,
-                                              validate, zero_coefficients)
+from precision_lab.numerics.semantics import (
+    ExactRow,
+    LossSpec,
+    _rational_raw,
+    _zero_rows,
+    exact_coefficient,
+    exact_coefficients,
+    reduction_denominator,
+    validate,
+    zero_coefficients,
+)
 
 __all__ = ["GradResult", "cross_entropy_grad", "cross_entropy_grad_detailed"]
 

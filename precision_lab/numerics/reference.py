@@ -55,76 +55,35 @@ Losses are >= 0, so results are never negative; a loss beyond the format's range
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from typing import Any, Literal
 
-import mpmath
 import numpy as np
 from mpmath import libmp
 
-from precision_lab.numerics import _fastref
-from precision_lab.numerics.formats import Format, as_array, get_format, round_to
+from precision_lab.numerics import _fastref, gradient, semantics
+from precision_lab.numerics._ziv import (
+    _CEIL,
+    _FLOOR,
+    _HILO_BITS,
+    _NEAR,
+    _ONE,
+    MAX_PRECISION,
+    START_PRECISION,
+    ReferenceError,
+    ReferenceResult,
+    _float_enclosure,
+    _hilo,
+    _one_binade,
+    _round_open,
+)
+from precision_lab.numerics.formats import Format, as_array, get_format
 
 __all__ = ["ReferenceError", "ReferenceResult", "cross_entropy", "cross_entropy_detailed",
            "cross_entropy_grad",
            "MAX_PRECISION", "START_PRECISION"]
 
-#: Working precision (bits) of the first exact attempt; it doubles on every retry.
-START_PRECISION = 128
-#: The last precision tried (the doubling is capped here); a row still ambiguous at it
-#: raises :class:`ReferenceError`.
-MAX_PRECISION = 10240
-#: The exact path also refines until the enclosure is this narrow (relative), so that
-#: ``hi + lo`` carries ~100 correct bits.
-_HILO_BITS = 102
-
-_FLOOR, _CEIL, _NEAR = libmp.round_floor, libmp.round_ceiling, libmp.round_nearest
-_ONE = libmp.fone
-
 Reduction = Literal["none", "mean", "sum"]
 Method = Literal["auto", "exact", "fast"]
-
-
-class ReferenceError(ArithmeticError):  # noqa: A001 -- the name the contract asks for
-    """A row (or a reduction) whose enclosure still straddles a rounding boundary of the
-    target format, or a power of two, at :data:`MAX_PRECISION` bits.  The message names the
-    row index."""
-
-
-@dataclass
-class ReferenceResult:
-    """The reference loss of a batch, with the unrounded truth next to it.
-
-    Attributes:
-        values: the correctly rounded losses, fmt's dtype; shape (B,) for reduction "none",
-            shape () (a 0-d array) for "mean" and "sum".
-        hi, lo: float64 arrays (same shape as ``values``), a double-double approximation of
-            the exact unrounded loss: |hi + lo - L| <= err.  Exact path: relative error
-            <= 2**-100 (absolute <= 2**-1074 where L is below the float64 normal range).
-            Fast path: relative error bound about (V + 750) * 2**-53 for float16/bfloat16/
-            float32 targets (lo = 0; 2**-37, i.e. 2**-14 ULP of float32, at V = 32768)
-            and about 2**-80 for float64 targets; the enclosure [hi+lo-err, hi+lo+err]
-            never contains a rounding midpoint of the target format, nor a power of two
-            (so hi + lo is in L's binade: see the module docstring).  inf/NaN where the
-            loss is (hi = inf, err = inf where L exceeds the float64 range).
-        err: float64, a rigorous bound on |hi + lo - L| (0 where L is known exactly).
-        slow_rows: rows evaluated by the exact (mpmath, Ziv) path, including, for a
-            reduction, rows re-evaluated there to decide the rounding of the sum/mean;
-            special rows are not counted.
-        special_rows: rows decided exactly by the non-finite rules (NaN, +-inf, zero loss).
-        rows: B, the number of samples.
-        method: the method used ("exact" or "fast").
-    """
-
-    values: np.ndarray
-    hi: np.ndarray
-    lo: np.ndarray
-    err: np.ndarray
-    slow_rows: int
-    special_rows: int
-    rows: int
-    method: str
 
 
 def _training_semantics(targets: Any, kw: dict[str, Any]) -> bool:
@@ -161,9 +120,7 @@ def cross_entropy_grad(logits: np.ndarray, targets: np.ndarray, fmt: "str | Form
     """The gradient of the (reduced) loss with respect to the logits, shape (B, V), every
     element correctly rounded to ``fmt``; the same keywords as :func:`cross_entropy` (see
     :mod:`precision_lab.numerics.gradient`)."""
-    from precision_lab.numerics.gradient import cross_entropy_grad as grad  # uses this module
-
-    return grad(logits, targets, fmt, reduction=reduction, **keywords)
+    return gradient.cross_entropy_grad(logits, targets, fmt, reduction=reduction, **keywords)
 
 
 def cross_entropy_detailed(logits: np.ndarray, targets: np.ndarray, fmt: "str | Format",
@@ -189,8 +146,6 @@ def cross_entropy_detailed(logits: np.ndarray, targets: np.ndarray, fmt: "str | 
         ReferenceError: a row or reduction not decided at MAX_PRECISION bits.
     """
     if _training_semantics(targets, keywords):
-        from precision_lab.numerics import semantics  # it imports this module's helpers
-
         return semantics.cross_entropy_detailed(logits, targets, fmt, reduction=reduction,
                                                 method=method, **keywords)
     f = get_format(fmt)
@@ -310,10 +265,6 @@ def _classify_slow(x: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray
 # ---------------------------------------------------------------------------------------
 # exact path
 
-def _mpf(raw: tuple) -> mpmath.mpf:
-    return mpmath.mp.make_mpf(raw)
-
-
 def _scaled(raw: tuple, num: int, bits: int, prec: int, rnd: str) -> tuple:
     """raw * num / 2**bits, directed-rounded to prec bits."""
     return libmp.mpf_mul(raw, libmp.from_man_exp(num, -bits), prec, rnd)
@@ -397,38 +348,6 @@ class _ExactRow:
 
 #: 2**-1022: below it every format here has one fixed spacing (float64's subnormal one is
 #: also the spacing of its lowest normal binade), so the binade no longer matters.
-_TWO_M1022 = libmp.from_man_exp(1, -1022)
-
-
-def _one_binade(enc: tuple[tuple, tuple]) -> bool:
-    """Whether every value strictly inside the enclosure (lo, hi) -- L is irrational, so
-    never an end -- has the same binade [2**k, 2**(k+1)), or all lie below 2**-1022."""
-    lo, hi = enc
-    if libmp.mpf_le(hi, _TWO_M1022):
-        return True
-    if lo[1] == 0 or lo[0]:  # zero or negative: no binade below
-        return False
-    # lo = man * 2**exp with bc bits: 2**(exp + bc - 1) <= lo < 2**(exp + bc)
-    return libmp.mpf_le(hi, libmp.from_man_exp(1, lo[2] + lo[3]))
-
-
-def _round_open(enc: tuple[tuple, tuple], f: Format):
-    """Rounded ends of an enclosure lo < L < hi known to be strict (L is irrational).
-
-    A bound can sit exactly on a rounding midpoint while L is beyond it: L = d + 1e-1e9
-    with d = m - x_t a midpoint of the format, where D + tiny rounded to W bits is D and
-    ties-to-even would round the wrong way.  Rounding lo + eps and hi - eps instead
-    changes nothing unless a bound is a midpoint, and then gives L's rounding: a bound
-    x = man * 2**e that is not a midpoint (k + 1/2) 2**q is at least 2**min(e, q - 1) away
-    from every midpoint, and q - 1 >= mag(x) - 54 for every format here."""
-    out = []
-    for x, neg in ((enc[0], 0), (enc[1], 1)):
-        if x[1]:  # nonzero
-            x = libmp.mpf_add(x, (neg, 1, min(x[2], x[2] + x[3] - 64) - 1, 1), 0)
-        out.append(round_to(_mpf(x), f))
-    return out[0], out[1]
-
-
 def _log1p_down(s: tuple, W: int) -> tuple:
     """A lower bound of log1p(s), s >= 0, within relative 2**-(W-4)."""
     if s[2] + s[3] < -W:  # s < 2**-W: log1p(s) >= s - s**2/2 >= s (1 - s); 1 + s not formed
@@ -443,41 +362,6 @@ def _log1p_up(s: tuple, W: int) -> tuple:
         return s  # log1p(s) <= s
     r = libmp.mpf_log(libmp.mpf_add(_ONE, s, 0), W, _CEIL)
     return _scaled(r, (1 << (W - 3)) + 1, W - 3, W, _CEIL)
-
-
-def _hilo(enc: tuple[tuple, tuple]) -> tuple[float, float, float]:
-    """(hi, lo, err) of an enclosure: hi + lo the midpoint to ~106 bits, err a bound.
-
-    For an enclosure within one binade (see _one_binade), hi + lo stays in that binade: if
-    the midpoint rounds up to the power of two above it and the remainder underflows to a
-    zero lo (which carries no sign to tell ulp_error), hi is taken one float64 lower."""
-    mid = libmp.mpf_shift(libmp.mpf_add(enc[0], enc[1], 0), -1)
-    half = libmp.mpf_shift(libmp.mpf_sub(enc[1], enc[0], 0), -1)
-    hi = float(round_to(_mpf(mid), "float64"))
-    if not math.isfinite(hi):
-        return hi, 0.0, math.inf
-    rest = libmp.mpf_sub(mid, libmp.from_float(hi), 0)
-    lo = float(round_to(_mpf(rest), "float64"))
-    if lo == 0.0 and rest[0] and math.frexp(hi)[0] == 0.5:
-        hi = float(np.nextafter(hi, 0.0))
-        rest = libmp.mpf_sub(mid, libmp.from_float(hi), 0)
-        lo = float(round_to(_mpf(rest), "float64"))
-    resid = libmp.mpf_abs(libmp.mpf_sub(rest, libmp.from_float(lo), 0))
-    bound = libmp.mpf_add(half, resid, 60, _CEIL)
-    if bound == libmp.fzero:
-        return hi, lo, 0.0
-    # to_float flushes values below the float64 range to 0: keep it an upper bound
-    return hi, lo, float(np.nextafter(libmp.to_float(bound, rnd=_CEIL), np.inf))
-
-
-def _float_enclosure(hi: float, lo: float, err: float) -> tuple[tuple, tuple]:
-    """Exact raw-mpf enclosure [hi + lo - err, hi + lo + err] (never below 0)."""
-    c = libmp.mpf_add(libmp.from_float(hi), libmp.from_float(lo), 0)
-    e = libmp.from_float(err)
-    low = libmp.mpf_sub(c, e, 0)
-    if libmp.mpf_lt(low, libmp.fzero):
-        low = libmp.fzero
-    return low, libmp.mpf_add(c, e, 0)
 
 
 # ---------------------------------------------------------------------------------------

@@ -70,8 +70,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import cached_property
 from fractions import Fraction
+from functools import cached_property
 from typing import Literal
 
 import numpy as np
@@ -79,10 +79,16 @@ from mpmath import libmp
 
 from precision_lab.numerics import _fastsem
 from precision_lab.numerics import _interval as I
+from precision_lab.numerics._ziv import (
+    MAX_PRECISION,
+    START_PRECISION,
+    ReferenceError,
+    ReferenceResult,
+    _float_enclosure,
+    _hilo,
+    _round_open,
+)
 from precision_lab.numerics.formats import Format, get_format
-from precision_lab.numerics.reference import (MAX_PRECISION, START_PRECISION, ReferenceError,
-                                              ReferenceResult, _float_enclosure, _hilo,
-                                              _round_open)
 
 __all__ = ["LossSpec", "LossArgumentError", "TargetIndexError", "KEYWORDS", "validate",
            "reduction_denominator", "cross_entropy", "cross_entropy_detailed",

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import mpmath
 import numpy as np
@@ -99,6 +100,7 @@ def reduce_in_format(losses: np.ndarray, reduction: str, fmt: "str | Format",
     "pairwise" adds in :func:`pairwise_sum`'s tree, "kahan" with :func:`kahan_sum`, "float32"
     accumulates sequentially in float32 (float64 stays float64) and rounds the sum once."""
     f = get_format(fmt)
+    acc: Any
     if method == "sequential":
         acc = sequential_sum(losses, f)
     elif method == "pairwise":

@@ -22,6 +22,7 @@ from precision_lab.report.findings import (
     compare,
     explained,
     formats,
+    gradients,
     nonfinite,
     overflow,
     trend,
@@ -58,6 +59,8 @@ def mechanisms(ctx: Context, analyses: dict[str, Any]) -> list[str]:
             out.append("trend")
     if not axis and len(d.formats) >= 2 and "explain" not in out and "compare" not in out:
         out.append("formats")
+    if "gradients" in analyses:
+        out.insert(0, "gradients")
     return out
 
 
@@ -72,6 +75,8 @@ def _key(mech: str, ctx: Context, an: dict[str, Any]) -> tuple[list[Finding], li
         if "overflow" in an:
             return overflow(an["overflow"], an.get("nonfinite"))
         return (nonfinite(an["nonfinite"]) if "nonfinite" in an else []), []
+    if mech == "gradients":
+        return gradients(an["gradients"]), []
     if mech == "trend" and "trend" in an:
         return trend(an["trend"]), []
     if mech == "formats" and "formats" in an:
@@ -124,5 +129,7 @@ def all_findings(ctx: Context, analyses: dict[str, Any]) -> list[Finding]:
         out += attribution(an["attribution"])
     if "trend" in an:
         out += trend(an["trend"])
+    if "gradients" in an:
+        out += gradients(an["gradients"])
     out += compare(ctx)[0] + agreement(ctx)
     return out

@@ -20,6 +20,7 @@ from precision_lab.explain.analyses import (
     Context,
     ExplainedRows,
     FormatsAnalysis,
+    GradientAnalysis,
     NonfiniteAnalysis,
     OverflowAnalysis,
     OverflowGroup,
@@ -32,7 +33,7 @@ from precision_lab.report.text import fmt_num, fmt_pct, fmt_rate, join_names
 
 __all__ = ["Finding", "accuracy", "accuracy_short", "by_format", "agreement", "nonfinite",
            "overflow", "cancellation", "bounds", "bounds_summary", "attribution", "trend",
-           "formats", "compare", "explained"]
+           "formats", "compare", "explained", "gradients"]
 
 
 
@@ -123,7 +124,7 @@ def by_format(ctx: Context) -> list[Finding]:
 def agreement(ctx: Context) -> list[Finding]:
     """Pairs bit-identical on every sample of a format (at least 10 samples), and the least
     agreeing pair per format."""
-    rows = ctx.res.agreement()
+    rows = [r for r in ctx.res.agreement() if r.quantity == "loss"]
     by: dict[tuple[str, str, str], list[int]] = {}
     for r in rows:
         v = by.setdefault((r.format, r.implementation_a, r.implementation_b), [0, 0, 0])
@@ -545,3 +546,36 @@ def explained(an: ExplainedRows) -> tuple[list[Finding], list[Block]]:
                   "Correctly rounded loss: " + "; ".join(f"{f} {per_fmt[f].reference_repr}"
                                                         for f in fmts) + ".")
     return out, [table]
+
+
+def gradients(an: GradientAnalysis) -> list[Finding]:
+    """Per format: how often each implementation's gradient elements are correctly rounded,
+    its largest error, and the elements it flushes to 0 (or gets wrong as inf/NaN)."""
+    out = []
+    for fm in ordered_formats({r.format for r in an.rows}):
+        rows = [r for r in an.rows if r.format == fm]
+        parts = [f"{r.implementation} {fmt_rate(r.exact, r.stat)} (largest "
+                 f"{fmt_num(r.ulp_error_max, 3)} ULP)" for r in rows]
+        out.append(Finding(f"In {fm}, gradient elements correctly rounded: " + "; ".join(parts)
+                           + ".", {"format": fm}, "gradients"))
+        lost = [r for r in rows if r.zero_for_nonzero or r.nonfinite]
+        for r in lost:
+            text = f"In {fm}, {r.implementation}'s gradient"
+            bits = []
+            if r.zero_for_nonzero:
+                bits.append(f"is 0 on {r.zero_for_nonzero} of {r.elements} elements whose "
+                            "correctly rounded truth is not 0"
+                            + (f" ({r.subnormal_lost} of them subnormal in the truth, of "
+                               f"{r.truth_subnormal} subnormal ones)" if r.subnormal_lost
+                               else ""))
+            if r.nonfinite:
+                bits.append(f"is inf/NaN on {r.nonfinite} elements with a finite truth")
+            out.append(Finding(text + " " + " and ".join(bits) + ".",
+                               {"format": fm, "implementation": r.implementation,
+                                "zero_for_nonzero": r.zero_for_nonzero}, "gradients"))
+        under = max((r.truth_underflow for r in rows), default=0)
+        if under:
+            out.append(Finding(f"In {fm}, {under} gradient elements underflow in the truth "
+                               "itself (their correctly rounded value is 0: a 0 there is "
+                               "right).", {"format": fm, "truth_underflow": under}, "gradients"))
+    return out

@@ -188,7 +188,7 @@ def error_vs_axis(ctx: Context) -> "Figure | None":
     axis = ctx.axis
     if not axis:
         return None
-    summary = ctx.res.summary()
+    summary = ctx.summary
     fmts = ctx.data.formats
     lead = [g[0] for g in ctx.groups]
     label = {g[0]: group_label(g) for g in ctx.groups}

@@ -198,13 +198,17 @@ def _per_point_table(res: Results) -> "Table | None":
     axes = res.axes
     if not axes or len(summary) <= 1:
         return None
-    heads = ["point", *axes, "format", "implementation", "samples", "correctly rounded",
+    wq = any(r.quantity != "loss" for r in summary)
+    heads = ["point", *axes, "format", "implementation", *(["quantity"] if wq else []),
+             "samples", "correctly rounded",
              "median ULP err", "max ULP err", "overflow", "nan"]
     from precision_lab.numerics.formats import ordered_formats
 
-    srt = sorted(summary, key=lambda r: (ordered_formats([r.format]), r.implementation, r.point))
+    srt = sorted(summary, key=lambda r: (ordered_formats([r.format]), r.implementation,
+                                         r.quantity, r.point))
     rows = [[r.point, *[fmt_num(r.params.get(p)) for p in axes], r.format, r.implementation,
-             r.stats.count, fmt_rate(r.stats.exact_matches, r.stats.stat_count),
+             *([r.quantity] if wq else []), r.stats.count,
+             fmt_rate(r.stats.exact_matches, r.stats.stat_count),
              fmt_num(r.stats.ulp_error_median), fmt_num(r.stats.ulp_error_max),
              r.stats.categories.get("overflow", 0), r.stats.categories.get("nan", 0)]
             for r in srt[:HTML_TABLE_ROWS]]
@@ -216,7 +220,7 @@ def _per_point_table(res: Results) -> "Table | None":
 
 
 def _agreement_blocks(res: Results) -> list[Block]:
-    rows = res.agreement()
+    rows = [r for r in res.agreement() if r.quantity == "loss"]
     if not rows:
         return []
     from precision_lab.numerics.formats import ordered_formats
@@ -259,6 +263,8 @@ def _record_table(rows: list[Any], title: str) -> Block:
 
 
 _SECTIONS: dict[str, tuple[str, Callable[[Any], Sequence[Block]]]] = {
+    "gradients": ("Gradients", lambda a: [_record_table(a.rows, "gradient elements per "
+                                                         "implementation and format")]),
     "nonfinite": ("Non-finite results", lambda a: [_record_table(a.counts, "spurious inf/NaN")]
                   if a.counts else []),
     "overflow": ("Where each implementation overflows",

@@ -59,10 +59,13 @@ from precision_lab.explain.analyses.summary import (
     ExplainedRows,
     FormatsAnalysis,
     FormatShare,
+    GradientAnalysis,
+    GradientRow,
     TrendAnalysis,
     TrendFormat,
     explained,
     formats_side_by_side,
+    gradients,
     trend,
 )
 
@@ -70,7 +73,8 @@ __all__ = ["ANALYSES", "run_analyses", "Context", "context", "input_nonfinite",
            "NonfiniteCount", "NonfiniteAnalysis", "OverflowGroup", "OverflowAnalysis",
            "ZeroReturn", "Keeper", "CancellationAnalysis", "BoundCheck", "BoundsAnalysis",
            "DecisiveSteps", "FusedMatch", "AttributionAnalysis", "TrendFormat", "TrendAnalysis",
-           "FormatShare", "FormatsAnalysis", "ExplainedRows", "nonfinite", "overflow",
+           "FormatShare", "FormatsAnalysis", "ExplainedRows", "GradientRow", "GradientAnalysis",
+           "gradients", "nonfinite", "overflow",
            "cancellation", "bounds", "attribution", "trend", "formats_side_by_side", "explained",
            "BOUNDS_SAMPLE_ROWS", "ATTRIBUTION_ROWS", "FUSED_SAMPLE_ROWS"]
 
@@ -84,6 +88,7 @@ ANALYSES: list[tuple[str, Callable[[Context], Any]]] = [
     ("attribution", attribution),
     ("trend", trend),
     ("formats", formats_side_by_side),
+    ("gradients", gradients),
 ]
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from precision_lab.experiment.records import SummaryRow
 from precision_lab.experiment.store import Results
 from precision_lab.explain.data import (
     RowFactsData,
@@ -30,7 +31,8 @@ def transient() -> Any:
 @dataclass
 class Context:
     """What the analyses share: the folder, its samples and row facts, the groups of
-    bit-identical implementations and the aggregate statistics (computed once)."""
+    bit-identical implementations and the aggregate statistics (computed once), all of the
+    loss (gradients have their own analysis)."""
 
     res: Results
     data: SampleData
@@ -39,6 +41,7 @@ class Context:
     stats: dict[tuple[str, str], ErrorStats]
     axis: "str | None"
     reduction: str
+    summary: list[SummaryRow]
 
     @property
     def has_inputs(self) -> bool:
@@ -49,15 +52,15 @@ def context(res: Results) -> "Context | None":
     d = sample_data(res)
     if d is None:
         return None
-    summary = res.summary()
+    summary = [r for r in res.summary() if r.quantity == "loss"]
     if len(res.manifest.points) == 1:  # the summary rows already hold these statistics
         stats = {(r.implementation, r.format): r.stats for r in summary}
     else:
         stats = aggregate(d)
-    return Context(res, d, row_facts_data(res), identical_groups(res.agreement(),
-                                                                  d.implementations),
+    agreement = [r for r in res.agreement() if r.quantity == "loss"]
+    return Context(res, d, row_facts_data(res), identical_groups(agreement, d.implementations),
                    stats, numeric_axis(summary),
-                   str(res.manifest.config.get("reduction", "none")))
+                   str(res.manifest.config.get("reduction", "none")), summary)
 
 
 def first_and_clean(values: np.ndarray, bad: np.ndarray) -> tuple[Any, Any]:

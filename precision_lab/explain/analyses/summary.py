@@ -41,7 +41,7 @@ def trend(ctx: Context) -> "TrendAnalysis | None":
     axis = ctx.axis
     if not axis:
         return None
-    summary = ctx.res.summary()
+    summary = ctx.summary
     out, ratios = [], []
     for fm in ctx.data.formats:
         by: dict[float, list[float]] = {}
@@ -139,3 +139,60 @@ def explained(ctx: Context) -> "ExplainedRows | None":
             out.append(explain(x2[i], int(t2[i]), fm))
     return ExplainedRows(out)
 
+
+
+@dataclass(frozen=True)
+class GradientRow:
+    """One implementation's gradient in one format, all sweep points combined (counts are of
+    gradient elements; ULP errors in that format's ULPs; see
+    :class:`~precision_lab.experiment.records.GradFacts` for the zero and subnormal counts)."""
+
+    implementation: str
+    format: str
+    elements: int
+    stat: int
+    exact: int
+    ulp_error_mean: "float | None"
+    ulp_error_max: "float | None"
+    zero_for_nonzero: int
+    truth_subnormal: int
+    subnormal_lost: int
+    truth_underflow: int
+    nonfinite: int
+
+
+@dataclass(frozen=True)
+class GradientAnalysis:
+    rows: list[GradientRow]
+
+
+def gradients(ctx: Context) -> "GradientAnalysis | None":
+    grad = [r for r in ctx.res.summary() if r.quantity == "grad"]
+    if not grad:
+        return None
+    facts: dict[tuple[str, str], list[Any]] = {}
+    for g in ctx.res.grad_facts():
+        v = facts.setdefault((g.implementation, g.format), [0, 0, 0, 0, 0])
+        for i, n in enumerate((g.zero_for_nonzero, g.truth_subnormal, g.subnormal_lost,
+                               g.truth_underflow, g.nonfinite)):
+            v[i] += n
+    acc: dict[tuple[str, str], list[Any]] = {}
+    for r in grad:
+        s = r.stats
+        v = acc.setdefault((r.implementation, r.format), [0, 0, 0, 0.0, None])
+        v[0] += s.count
+        v[1] += s.stat_count
+        v[2] += s.exact_matches
+        v[3] += (s.ulp_error_mean or 0.0) * s.stat_count
+        if s.ulp_error_max is not None:
+            v[4] = s.ulp_error_max if v[4] is None else max(v[4], s.ulp_error_max)
+    rows = []
+    for fm in ctx.data.formats:
+        for im in ctx.data.implementations:
+            if (im, fm) not in acc:
+                continue
+            n, stat, exact, wsum, mx = acc[(im, fm)]
+            f5 = facts.get((im, fm), [0, 0, 0, 0, 0])
+            rows.append(GradientRow(im, fm, n, stat, exact, wsum / stat if stat else None, mx,
+                                    *f5))
+    return GradientAnalysis(rows)
