@@ -302,14 +302,18 @@ def show_command(
     else:
         rows = [(r.implementation, r.format, r.params, r.stats) for r in summary]
         title = "Summary"
+    wq = any(r.quantity != "loss" for r in summary)
+    quantity = {id(r.stats): r.quantity for r in summary}
     t = Table(title=title, title_justify="left")
     axes = [] if many else res.axes
-    for col in ["implementation", "format", *axes, "n", "correctly rounded", "ulp mean",
+    for col in ["implementation", "format", *(["quantity"] if wq else []), *axes, "n",
+                "correctly rounded", "ulp mean",
                 "ulp median", "ulp p99", "ulp max", "inf/NaN"]:
         t.add_column(col, justify="left" if col in ("implementation", "format") else "right")
     for im, fm, params, s in rows:
         nf = sum(s.categories.get(c, 0) for c in ("overflow", "nan", "missed_inf"))
-        t.add_row(im, fm, *[fmt_num((params or {}).get(a)) for a in axes], str(s.count),
+        t.add_row(im, fm, *([quantity.get(id(s), "loss")] if wq else []),
+                  *[fmt_num((params or {}).get(a)) for a in axes], str(s.count),
                   fmt_rate(s.exact_matches, s.stat_count), fmt_num(s.ulp_error_mean, 3),
                   fmt_num(s.ulp_error_median, 3), fmt_num(s.ulp_error_p99, 3),
                   fmt_num(s.ulp_error_max, 4), str(nf))

@@ -51,3 +51,15 @@ scale = [1.0, 30.0]
 def tiny_config(write_config) -> Path:
     """Two sweep points x two formats = four chunks, three implementations."""
     return write_config(TINY)
+
+
+def _write_report(res, progress):
+    from precision_lab.report.report import write_report
+
+    write_report(res, progress)
+
+
+@pytest.fixture(scope="session")
+def finalize():
+    """The report, as the CLI passes it to run_experiment(..., finalize=...)."""
+    return _write_report

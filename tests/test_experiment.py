@@ -83,9 +83,8 @@ def test_results_folder_schema(tiny_config, tmp_path):
     on_disk = {str(p.relative_to(d)) for p in d.rglob("*") if p.is_file()
                and not str(p.relative_to(d)).startswith("inputs/")}
     assert on_disk - listed == {"manifest.json", "run.json"}
-    assert set(m.inputs) == {f"inputs/p0000{i}_{f}.npy" for i in (0, 1)
-                             for f in ("float16", "float32")} | \
-        {"inputs/p00000_targets.npy", "inputs/p00001_targets.npy"}
+    assert set(m.inputs) == {f"inputs/p0000{i}_{f}{s}.npy" for i in (0, 1)
+                             for f in ("float16", "float32") for s in ("", ".targets")}
     assert set(m.plots) <= listed and all(m.plots.values())  # every plot has a caption
     assert open_results(d).summary()[0].implementation == "naive"
     # nothing that changes from run to run in the committed part

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from semantics_oracles import coefficients, denominator, grad_row
 
 from precision_lab.numerics import gradient as G
 from precision_lab.numerics import semantics as S
 from precision_lab.numerics.formats import FORMAT_NAMES, get_format, round_float64_array, round_to
-from semantics_oracles import coefficients, denominator, grad_row
 
 U = 2.0 ** -53
 

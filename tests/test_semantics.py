@@ -5,8 +5,8 @@ against hand-derived exact values, and torch's argument errors."""
 from __future__ import annotations
 
 import itertools
-import zlib
 import math
+import zlib
 
 import ml_dtypes
 import mpmath
@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from semantics_oracles import denominator, loss_row
 
 from precision_lab.numerics import semantics as S
 from precision_lab.numerics.formats import FORMAT_NAMES, round_float64_array, round_to
-from semantics_oracles import denominator, loss_row
 
 U = 2.0 ** -53
 DT = {"float16": np.float16, "bfloat16": ml_dtypes.bfloat16, "float32": np.float32,

@@ -434,7 +434,8 @@ def _check(cfg: ExperimentConfig, path: Path) -> None:
             try:
                 get_implementation(key)
             except Exception as exc:  # noqa: BLE001 - any failure to resolve is a config error
-                why = f" ({str(exc).split('; allowed')[0]})" if ":" in str(key) else ""
+                why = (f" ({str(exc).split('; allowed')[0]})" if ":" in str(key) or "(" in str(key)
+                       else "")
                 raise ConfigError(path, "implementations",
                                   f"unknown implementation {key!r}{why}", allowed_impls) from None
     impls = implementation_keys(cfg)

@@ -155,8 +155,10 @@ def _check_writable(out_root: Path) -> None:
 # --------------------------------------------------------------------------- one chunk
 
 def compute_chunk(cfg: ExperimentConfig, point: SweepPoint, fmt: str,
-                  inputs: "InputBatch | None" = None) -> tuple[ChunkTables, np.ndarray, np.ndarray]:
-    """One sweep point in one format: (its tables, the rounded logits, the targets).
+                  inputs: "InputBatch | None" = None
+                  ) -> tuple[ChunkTables, np.ndarray, np.ndarray, "np.ndarray | None"]:
+    """One sweep point in one format: (its tables, the rounded logits, the targets, the
+    rounded class weights or None).
 
     The logits (and probability targets and class weights) are rounded once to the
     config's ``input_format``, or to ``fmt`` without one; the reference is the exact loss of
@@ -174,7 +176,7 @@ def compute_chunk(cfg: ExperimentConfig, point: SweepPoint, fmt: str,
         cmp = (cfg.compare.a, cfg.compare.b, cfg.compare.abs_tol)
     tables = chunk_tables(point.index, dict(point.swept), fmt, measurements, x, t,
                           cfg.reduction, cmp)
-    return tables, x, t
+    return tables, x, t, keywords.get("weight")
 
 
 def loss_keywords(cfg: ExperimentConfig, point: SweepPoint, batch: InputBatch,
@@ -202,7 +204,7 @@ _CACHED: dict[tuple[str, int], InputBatch] = {}
 
 
 def chunk_job(data: dict[str, Any], source: str, point_index: int, fmt: str
-              ) -> tuple[ChunkTables, np.ndarray, np.ndarray, float]:
+              ) -> tuple[ChunkTables, np.ndarray, np.ndarray, "np.ndarray | None", float]:
     """One chunk from a config's raw data: what an executor runs in another process (or on a
     cluster).  Returns the chunk's tables, its rounded inputs and targets, and its seconds.
     The point's generated inputs are kept for the next chunk of the same point."""
@@ -213,13 +215,14 @@ def chunk_job(data: dict[str, Any], source: str, point_index: int, fmt: str
     if key not in _CACHED:
         _CACHED.clear()
         _CACHED[key] = generate(cfg, point)
-    tables, x, y = compute_chunk(cfg, point, fmt, _CACHED[key])
-    return tables, x, y, time.perf_counter() - t0
+    tables, x, y, w = compute_chunk(cfg, point, fmt, _CACHED[key])
+    return tables, x, y, w, time.perf_counter() - t0
 
 
-def _save_chunk(partial: Path, t: ChunkTables, x: np.ndarray, y: np.ndarray) -> None:
+def _save_chunk(partial: Path, t: ChunkTables, x: np.ndarray, y: np.ndarray,
+                weight: "np.ndarray | None" = None) -> None:
     w = store.Writer(partial)
-    store.save_inputs(partial / store.INPUTS_DIR, t.key, x, y)
+    store.save_inputs(partial / store.INPUTS_DIR, t.key, x, y, weight)
     w.parquet(f"{t.key}.rows.parquet", t.rows)
     w.json(f"{t.key}.json", {"summary": [r.to_row(True) for r in t.summary],
                              "agreement": [r.to_row(True) for r in t.agreement],
@@ -433,13 +436,13 @@ def _run_locked(cfg: ExperimentConfig, out_root: Path, target: Path, state: str,
                         cached = (p.index, generate(cfg, p))
                     tc = time.perf_counter()
                     try:
-                        t, x, y = compute_chunk(cfg, p, fm, cached[1])
+                        t, x, y, wt = compute_chunk(cfg, p, fm, cached[1])
                     except (KeyboardInterrupt, MemoryError):
                         raise
                     except Exception as exc:
                         raise ComputeError(f"{cfg.name}: chunk {key}: {type(exc).__name__}: "
                                            f"{exc}") from exc
-                    _save_chunk(partial, t, x, y)
+                    _save_chunk(partial, t, x, y, wt)
                     run_info.chunk_seconds[key] = round(time.perf_counter() - tc, 4)
                     computed += 1
                     finished(key, t)
@@ -452,11 +455,11 @@ def _run_locked(cfg: ExperimentConfig, out_root: Path, target: Path, state: str,
                     for fut in as_completed(futures):
                         key = futures[fut]
                         try:
-                            t, x, y, secs = fut.result()
+                            t, x, y, wt, secs = fut.result()
                         except Exception as exc:
                             raise ComputeError(f"{cfg.name}: chunk {key}: "
                                                f"{type(exc).__name__}: {exc}") from exc
-                        _save_chunk(partial, t, x, y)
+                        _save_chunk(partial, t, x, y, wt)
                         run_info.chunk_seconds[key] = round(secs, 4)
                         computed += 1
                         finished(key, t)
@@ -469,7 +472,7 @@ def _run_locked(cfg: ExperimentConfig, out_root: Path, target: Path, state: str,
         cmp = None
         if cfg.compare is not None:
             cmp = (cfg.compare.a, cfg.compare.b, cfg.compare.abs_tol, compare_formats(cfg))
-        inputs_keys = [k for _, _, k in keys] + [f"p{p.index:05d}_targets" for p in points]
+        inputs_keys = [k + suffix for _, _, k in keys for suffix in ("", ".targets", ".weight")]
         manifest, run_info = publish(out_root, manifest, run_info, chunks,
                                      reduction=cfg.reduction, compare=cmp,
                                      inputs_from=partial / store.INPUTS_DIR,

@@ -15,9 +15,9 @@ Layout of ``<out>/<name>/`` (schema :data:`~precision_lab.experiment.records.SCH
 ``analyses.json``          the analyses' records (numbers), by name
 ``plots/*.png``            figures; captions in the manifest
 ``report.md``, ``report.html``  the report
-``inputs/``                the rounded inputs of every chunk (``pNNNNN_<format>.npy``,
-                           bfloat16 stored as its uint16 bit patterns, and
-                           ``pNNNNN_targets.npy``); large, so a copy may leave them out
+``inputs/``                the rounded inputs of every chunk (``pNNNNN_<format>.npy``, its
+                           ``.targets.npy`` and ``.weight.npy``; bfloat16 stored as its
+                           uint16 bit patterns); large, so a copy may leave them out
 ``partial/``               finished chunks of an unfinished run (see the runner)
 =========================  ==========================================================
 
@@ -192,32 +192,43 @@ class Writer:
         self.files[rel] = sha256_of(self.root / rel)
 
 
-def save_inputs(folder: Path, chunk: str, logits: np.ndarray, targets: np.ndarray) -> list[str]:
-    """Store a chunk's rounded logits (their format's bits) and targets under ``folder``;
-    returns the relative paths written.  Targets are shared by a point's formats."""
-    folder.mkdir(parents=True, exist_ok=True)
-    point = chunk.split("_", 1)[0]
-    out = []
-    arr = np.ascontiguousarray(logits)
+def _npy(a: np.ndarray) -> bytes:
+    arr = np.ascontiguousarray(a)
     if arr.dtype == get_format("bfloat16").np_dtype:
-        arr = arr.view(np.uint16)
-    for name, a in ((f"{chunk}.npy", arr), (f"{point}_targets.npy", np.asarray(targets))):
-        buf = io.BytesIO()
-        np.save(buf, a, allow_pickle=False)
-        _atomic_bytes(folder / name, buf.getvalue())
-        out.append(name)
+        arr = arr.view(np.uint16)  # numpy has no bfloat16: store the bits
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
+    return buf.getvalue()
+
+
+def save_inputs(folder: Path, chunk: str, logits: np.ndarray, targets: np.ndarray,
+                weight: "np.ndarray | None" = None) -> list[str]:
+    """Store a chunk's rounded inputs under ``folder``: ``<chunk>.npy`` (the logits),
+    ``<chunk>.targets.npy`` (class indices, or probabilities in the logits' format) and, with
+    class weights, ``<chunk>.weight.npy``; bfloat16 arrays as their uint16 bits.  Returns the
+    file names written."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for name, a in ((f"{chunk}.npy", logits), (f"{chunk}.targets.npy", targets),
+                    (f"{chunk}.weight.npy", weight)):
+        if a is not None:
+            _atomic_bytes(folder / name, _npy(np.asarray(a)))
+            out.append(name)
     return out
 
 
-def load_inputs(folder: Path, chunk: str, mmap: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """A chunk's stored logits (in their format's dtype) and targets."""
-    fmt = chunk.split("_", 1)[1]
-    point = chunk.split("_", 1)[0]
+def load_inputs(folder: Path, chunk: str, fmt: "str | None" = None, mmap: bool = True
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """A chunk's stored logits and targets (memory-mapped), in ``fmt``'s dtype (the format
+    the logits were stored in: the config's input_format, or the chunk's format)."""
+    f = get_format(fmt or chunk.split("_", 1)[1])
     mode: 'Literal["r"] | None' = "r" if mmap else None
     x = np.load(folder / f"{chunk}.npy", mmap_mode=mode, allow_pickle=False)
-    if get_format(fmt).name == "bfloat16":
-        x = x.view(get_format("bfloat16").np_dtype)
-    t = np.load(folder / f"{point}_targets.npy", mmap_mode=mode, allow_pickle=False)
+    t = np.load(folder / f"{chunk}.targets.npy", mmap_mode=mode, allow_pickle=False)
+    if f.name == "bfloat16":
+        x = x.view(f.np_dtype)
+        if t.dtype == np.uint16:
+            t = t.view(f.np_dtype)
     return x, t
 
 
@@ -371,8 +382,10 @@ class Results:
                                                   for r in self.manifest.inputs)
 
     def inputs(self, point: int, fmt: str) -> tuple[np.ndarray, np.ndarray]:
-        """The rounded logits (S, B, V) and targets (S, B) the chunk measured (memory-mapped)."""
-        return load_inputs(self.root / INPUTS_DIR, f"p{point:05d}_{fmt}")
+        """The rounded logits (S, B, V) and targets (S, B) the chunk measured (memory-mapped;
+        probability targets (S, B, V))."""
+        return load_inputs(self.root / INPUTS_DIR, f"p{point:05d}_{fmt}",
+                           self.manifest.config.get("input_format") or fmt)
 
 
 def _read_parquet(path: Path) -> Any:
