@@ -154,11 +154,13 @@ def check_exact_decomposition(r: RowAttribution, row: np.ndarray) -> None:
         tol = abs(truth) * mpmath.ldexp(1, -100)
         assert abs(to_mp(r.exact_loss) - truth) <= tol
         assert abs(to_mp(r.total) - (mpmath.mpf(r.computed) - truth)) <= tol
+    assert not r.unresolved and r.exact_loss_error_ulp <= 2.0 ** -64
     for s in r.steps:
         if s.kind == "exact":
             assert s.local_ulp == 0 and s.local_exact
         if s.local_exact:
             assert s.contribution == 0
+        assert s.contribution_error_ulp <= 2.0 ** -63
 
 
 # --------------------------------------------------------------------------- the review case
@@ -329,6 +331,28 @@ def test_confident_float64_row_needs_and_gets_more_precision() -> None:
     assert res["lse"][0].computed == 0.0
     assert res["lse"][0].precision_bits > 1000  # resolving 700 + 1e-304 to 2**-64 ULP
     assert abs(res["lse_log1p"][0].total_ulp) <= 0.5
+
+
+def test_too_little_precision_is_flagged_but_still_adds_up() -> None:
+    x = np.array([[700.0, 0.0, 0.0]])
+    (r,) = attribute("lse", x, np.array([0]), "float64", max_precision=192)
+    assert r.unresolved and r.separable and r.precision_bits == 192
+    assert sum((s.contribution for s in r.steps), Fraction(0)) == r.total
+    assert max(s.contribution_error_ulp for s in r.steps) > 2.0 ** -63
+
+
+def test_exact_ties_are_rounded_to_even() -> None:
+    # lse's d = x - m: -0.5 - 1024 = -1024.5 and -0.5 - 1025 = -1025.5 are float16 midpoints
+    # (spacing 1 in [1024, 2048)); ties to even give -1024 and -1026
+    x = np.array([[1024.0, -0.5], [1025.0, -0.5]], dtype=np.float16)
+    rows = attribute("lse", x, np.array([0, 0]), "float16")
+    trace: list = []
+    REGISTRY["lse"](x, np.array([0, 0]), "float16", trace=trace)
+    d_out = next(s for s in trace if s.name == "d").output
+    assert d_out[:, 1].astype(np.float64).tolist() == [-1024.0, -1026.0]
+    for r in rows:
+        d = r.step("d")
+        assert d.local_ulp == 0.5 and d.correctly_rounded and not d.local_exact
 
 
 def test_exact_ops_and_rounded_but_exact_steps_contribute_zero() -> None:

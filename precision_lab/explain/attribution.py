@@ -31,25 +31,33 @@ arithmetic in mpmath at P bits (midpoint and a radius that bounds the error, ass
 reference does, that mpmath's +, -, *, / are correctly rounded and its exp/log/log1p are
 within 8 ulps); P starts at 192 and doubles (up to ``max_precision``) until
 
-* R_0 (the exact loss) has radius <= 2**-101 |R_0| -- it is evaluated in the cancellation-free
-  form (m - x_t) + log(c) + log1p(exp(x_s - m) Q / c), m the row maximum (c copies), x_s the
-  largest logit below m, Q = sum_{x_j < m} exp(x_j - x_s) >= 1;
-* every other R_i has radius <= 2**-64 ulp(R_0) (ulp in the target format);
+* R_0 (the exact loss) has radius <= 2**-101 |R_0| and <= 2**-65 ulp(R_0) -- it is evaluated
+  in the cancellation-free form (m - x_t) + log(c) + log1p(exp(w - m) Q / c), m the row
+  maximum (c copies), Q = sum_{x_j < m} exp(x_j - w) for a shift w (0, or the largest logit
+  below m when some term is outside the kernel's range |x| <= 4096); every term is >= 0;
+* every other R_i has radius <= 2**-65 ulp(R_0) (ulp in the target format);
 
 and rows that do not get there are flagged ``unresolved`` (their precision is reported).  The
-V-length parts never go through mpmath element by element: a reduction sum_j exp(y_j) over a
-row is written exp(top) (c + exp(y_s - top) Q) with Q = sum exp(y_j - y_s) evaluated by a
-vectorized fixed-point kernel (:func:`_fx_exp`: 30-bit integer limbs, resolution 2**-150,
-tables of 2**(j/65536), degree-7 Taylor; each term has relative error <= 2**-140 -- the
-tests measure about 2**-146) and summed exactly (integer limb sums grouped by exponent);
-terms below exp(-760) times the largest are dropped and bounded.  Exponents are kept apart,
-so nothing underflows.  Sums of computed floats are exact (integer mantissas grouped by
-exponent).  A gathered element (x_t, exp(x_t), p_t, a log_softmax entry) is a scalar and is
-computed in mpmath.  Each contribution is therefore within ``contribution_error_ulp`` <=
-2**-63 ULP of the true one (0 for an exact step); its float views are the correctly rounded
-float64 values of the exact rationals (Python's Fraction -> float), so a printed ULP figure is
-right to 2**-63 ULP absolute plus float64 rounding: every digit a report prints is right.
-``total`` is right to 2**-101 |R_0|.
+midpoints are then rounded to dyadics: R_0 to 2**-130 relative (a loss below 2**-20000, far
+below every format, becomes 0), the others to 2**-128 ULP; so every R_i is within 2**-64 ULP
+of the true value.  The V-length parts never go through mpmath element by element: a
+reduction sum_j exp(y_j) over a row is written exp(top) (c + exp(w - top) Q), Q a sum of
+terms exp(y_j - w) from a vectorized fixed-point kernel (:func:`_fx_exp`: 30-bit integer
+limbs, resolution 2**-150, tables of 2**(j/65536), degree-7 Taylor; each term has relative
+error <= 2**-140 -- the tests measure about 2**-146; repeated values are computed once)
+summed exactly (integer limb sums grouped by exponent); terms below exp(-760) times the
+largest are dropped and bounded.  Exponents are kept apart, so nothing underflows.  Sums of
+computed floats are exact (integer mantissas grouped by exponent).  A gathered element (x_t,
+exp(x_t), p_t, a log_softmax entry) is a scalar and is computed in mpmath.  Each contribution
+is therefore within ``contribution_error_ulp`` <= 2**-63 ULP of the true one (0 for an exact
+step); its float views are the correctly rounded float64 values of the exact rationals
+(Python's Fraction -> float), so a printed ULP figure is right to 2**-63 ULP absolute plus
+float64's relative 2**-53: every digit a report prints is right.  ``total`` is within
+2**-100 |R_0| (and 2**-64 ULP) of the true computed - exact.
+
+Cost: one row of V = 262144 takes about 0.5-1 s per implementation (2 s for the six
+step-wise ones through :func:`attribute_many`, which shares the exact loss and the kernel's
+exponentials); a batch costs about the same per element.
 
 Local errors use the same kernels elementwise: exact double-double results for cast, add,
 sub (TwoSum), 2**-104-accurate ones for div and exp and 2**-100 for log_softmax elements; a
@@ -647,7 +655,10 @@ class _ExpTable:
             self.sel = np.flatnonzero(np.isfinite(flat) & (np.abs(flat) <= _ZMAX))
         self.pos = np.full(flat.size, -1, np.int64)
         self.pos[self.sel] = np.arange(self.sel.size)
-        self.M, self.k = _fx_exp(flat[self.sel])
+        # repeated values (most of a float16/bfloat16 row) are computed once
+        vals, inv = np.unique(flat[self.sel], return_inverse=True)
+        M, k = _fx_exp(vals)
+        self.M, self.k = M[:, inv], k[inv]
 
 
 @dataclass
@@ -888,15 +899,26 @@ class _Ctx:
         self._exp: dict = {}
         self._sums: dict = {}
         self._tables: dict = {}
+        self._keys: dict[int, tuple] = {}
+
+    def _key(self, a: "np.ndarray | None") -> tuple:
+        """Content key of an array, hashed once per array object (kept alive here)."""
+        if a is None:
+            return ()
+        hit = self._keys.get(id(a))
+        if hit is None or hit[0] is not a:
+            hit = (a, _content_key(a))
+            self._keys[id(a)] = hit
+        return hit[1]
 
     def table(self, y: np.ndarray) -> _ExpTable:
-        key = _content_key(y)
+        key = self._key(y)
         if key not in self._tables:
             self._tables[key] = _ExpTable(y)
         return self._tables[key]
 
     def expsums(self, F: np.ndarray, k: "np.ndarray | None" = None) -> list[_ExpSum]:
-        key = _content_key(F, k)
+        key = (self._key(F), self._key(k))
         if key in self._exp:
             return self._exp[key]
         if k is None:
@@ -924,7 +946,7 @@ class _Ctx:
         return res
 
     def exact_sums(self, F: np.ndarray, k: "np.ndarray | None" = None) -> list:
-        key = _content_key(F, k)
+        key = (self._key(F), self._key(k))
         if key not in self._sums:
             ex = None
             if k is not None:
@@ -1147,11 +1169,21 @@ def _exp_elements(table: _ExpTable, y: np.ndarray):
 
 
 def _grade(c: np.ndarray, h: np.ndarray, l_: np.ndarray, k: np.ndarray, eps: np.ndarray,
-           f: Format):
+           f: Format) -> tuple[np.ndarray, ...]:
     """Per element, the exact value v = (h + l) 2**k (h finite, |l| <= ulp(h)/2, relative
     error <= eps; h = 0 means v = 0 exactly) against the computed c (float64 of format f).
 
     Returns (ulp error, correctly rounded, decided, underflow, rounded value)."""
+    n = c.size
+    if n <= _CHUNK * 2:
+        return _grade_chunk(c, h, l_, k, eps, f)
+    parts = [_grade_chunk(c[a:a + _CHUNK], h[a:a + _CHUNK], l_[a:a + _CHUNK], k[a:a + _CHUNK],
+                          eps[a:a + _CHUNK], f) for a in range(0, n, _CHUNK)]
+    return tuple(np.concatenate(col) for col in zip(*parts, strict=True))
+
+
+def _grade_chunk(c: np.ndarray, h: np.ndarray, l_: np.ndarray, k: np.ndarray,
+                 eps: np.ndarray, f: Format) -> tuple[np.ndarray, ...]:
     p = f.precision
     zero = h == 0
     hs = np.where(zero, 1.0, h)
@@ -1714,7 +1746,7 @@ def _attribute_one(impl: Any, x: np.ndarray, t: np.ndarray, f: Format, shared: _
     # the exact loss, its accuracy target, and the tolerance of the other R_i
     prec = _START_PREC
     r0 = shared.r0(prec)
-    while prec < max_precision and not all(_r0_ok(r) for r in r0):
+    while prec < max_precision and not all(_r0_ok(r, f) for r in r0):
         prec *= 2
         r0 = shared.r0(prec)
     # R_0 as a dyadic: the ball's midpoint rounded to 2**-130 relative (to 0 below 2**-20000,
@@ -1759,12 +1791,17 @@ def _attribute_one(impl: Any, x: np.ndarray, t: np.ndarray, f: Format, shared: _
                       best[b], float(comp_loss[b]), max(best_prec[b], prec)) for b in range(B)]
 
 
-def _r0_ok(r: _Ball) -> bool:
+def _r0_ok(r: _Ball, f: Format) -> bool:
+    """R_0's radius is within 2**-101 of it and within 2**-65 of its ulp in f."""
     if r.unresolved:
         return False
     if not mpmath.isfinite(r.m) or r.r == 0:
         return True
-    return r.r <= abs(r.m) * mpmath.ldexp(1, -_R0_BITS)
+    if r.m == 0:
+        return r.r <= mpmath.ldexp(1, f.emin - f.precision - _RI_BITS)
+    top = int(r.m._mpf_[2]) + int(r.m._mpf_[3]) - 1
+    ue = min(max(top, f.emin), f.emax) - (f.precision - 1)
+    return r.r <= min(abs(r.m) * mpmath.ldexp(1, -_R0_BITS), mpmath.ldexp(1, ue - _RI_BITS - 1))
 
 
 def _assemble(key: str, f: Format, b: int, tb: int, trace: list[Step], locs: list[_Local],
