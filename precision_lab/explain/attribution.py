@@ -1525,11 +1525,11 @@ def _local_elementwise(ctx: _Ctx, s: Step, ins: list, out: np.ndarray, f: Format
             undec[i] = False
             special[i] = True
             continue
-        e_, c_, u_ = _grade_mp(ci, v, f)
-        err[i], cr[i], uf[i] = e_, c_, u_
+        ei, cri, ui = _grade_mp(ci, v, f)
+        err[i], cr[i], uf[i] = ei, cri, ui
         undec[i] = still
         ins_i = [float(fi[i]) for fi in flat_ins]
-        exact_el[i] = e_ == 0 and ((op == "log" and ins_i[0] == 1.0)
+        exact_el[i] = ei == 0 and ((op == "log" and ins_i[0] == 1.0)
                                    or (op == "log1p" and ins_i[0] == 0.0)
                                    or (op == "exp" and ins_i[0] == 0.0))
     res.ulp = _row_reduce(err, rows, B, "max")
