@@ -19,6 +19,7 @@ values with the function the runner measures with
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -328,8 +329,8 @@ def explain(logits: Any, target: int, fmt: "str | Format" = "float32", *,
 
         try:
             fr = compare_fused(X2, T1, f, reference=ref.values)
-            fused = {"identical_to": [c["name"] for c in fr["composites"] if c["identical"]],
-                     "composites": fr["composites"]}
+            fused = {"identical_to": [c.name for c in fr.composites if c.identical],
+                     "composites": [dataclasses.asdict(c) for c in fr.composites]}
         except Exception as exc:  # noqa: BLE001 - reported, never hides the rest
             fused = {"error": f"{type(exc).__name__}: {exc}"}
     with np.errstate(all="ignore"):
@@ -357,17 +358,13 @@ def _exact_string(hi: float, lo: float, err: float) -> str:
 
 
 def _attribution(X: np.ndarray, T: np.ndarray, f: Format) -> dict[str, Any]:
-    """Per-step attribution of every step-wise implementation on the row (as numbers)."""
-    from precision_lab.explain.attribution import attribute
+    """Per-step attribution of every step-wise implementation on the row (as numbers; the
+    exact contributions as dyadic strings, see :func:`~.attribution.dyadic_str`)."""
+    from precision_lab.explain.attribution import attribute_many
 
-    out: dict[str, Any] = {}
-    for key, impl in REGISTRY.items():
-        if not impl.capabilities.trace:
-            continue
-        try:
-            (row,) = attribute(key, X, T, f)
-        except Exception as exc:  # noqa: BLE001 - one failure must not hide the others
-            out[key] = {"error": f"{type(exc).__name__}: {exc}"}
-            continue
-        out[key] = row.to_dict()
-    return out
+    keys = [k for k, impl in REGISTRY.items() if impl.capabilities.trace]
+    try:
+        rows = attribute_many(keys, X, T, f)
+    except Exception as exc:  # noqa: BLE001 - reported per implementation below
+        return {k: {"error": f"{type(exc).__name__}: {exc}"} for k in keys}
+    return {k: rows[k][0].to_dict() for k in keys if k in rows}

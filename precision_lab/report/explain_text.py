@@ -201,10 +201,15 @@ def render_text(e: Explanation) -> str:
             if "error" in a:
                 lines.append(f"  {k}: {a['error']}")
                 continue
-            lines.append(f"  {k}: total {fmt_num(a.get('total_error_ulp'))} ULP; dominant step "
+            lines.append(f"  {k}: total {fmt_num(a.get('total_ulp'))} ULP; dominant step "
                          f"'{a.get('dominant') or '-'}', decided at '{a.get('decisive') or '-'}'")
+            if a.get("separable") is False:
+                lines.append("      (an overflow or NaN makes some contributions infinite or "
+                             "undefined: those steps are marked 'not separable')")
             for s in _steps(a):
                 fl = ("  " + "; ".join(s.get("flags") or [])) if s.get("flags") else ""
+                if s.get("separable") is False:
+                    fl += "  not separable"
                 lines.append(f"      {s.get('name', ''):<6} {s.get('op', ''):<11} local "
                              f"{fmt_num(s.get('local_ulp')):>9}  contribution "
                              f"{fmt_num(s.get('contribution_ulp')):>10}{fl}")

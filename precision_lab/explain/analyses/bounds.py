@@ -142,7 +142,7 @@ class AttributionAnalysis:
 
 
 def attribution(ctx: Context) -> "AttributionAnalysis | None":
-    from precision_lab.explain.attribution import attribute, compare_fused, dominant_summary
+    from precision_lab.explain.attribution import attribute, compare_fused, summarize
     from precision_lab.implementations import REGISTRY
 
     d = ctx.data
@@ -171,8 +171,8 @@ def attribution(ctx: Context) -> "AttributionAnalysis | None":
                 V = x.shape[-1]
                 xs = np.asarray(x.reshape(-1, V)[d.sample[ii]])
                 ts = np.asarray(t).reshape(-1)[d.sample[ii]]
-                summ = dominant_summary(attribute(im, xs, ts, fm))
-                for k, v in (summ.get("decisive") or {}).items():
+                summ = summarize(attribute(im, xs, ts, fm))
+                for k, v in summ.decides.items():
                     steps[k] = steps.get(k, 0) + int(v)
             fin = d.ulp_error[order][np.isfinite(d.ulp_error[order])]
             decisive.append(DecisiveSteps(
@@ -190,9 +190,9 @@ def attribution(ctx: Context) -> "AttributionAnalysis | None":
                 x2, t2 = x.reshape(-1, V), np.asarray(t).reshape(-1)
                 pick = sample_idx(x2.shape[0], per_pt)
                 fr = compare_fused(np.asarray(x2[pick]), t2[pick], fm)
-                n_rows += fr["rows"]
-                for c in fr["composites"]:
-                    tot[c["name"]] = tot.get(c["name"], 0) + int(c["identical"])
+                n_rows += fr.rows
+                for c in fr.composites:
+                    tot[c.name] = tot.get(c.name, 0) + int(c.identical)
             for name, v in sorted(tot.items(), key=lambda kv: -kv[1]):
                 fused.append(FusedMatch(fm, name, v, n_rows))
     if not decisive and not fused:
