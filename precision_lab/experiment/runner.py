@@ -228,7 +228,7 @@ def _save_chunk(partial: Path, t: ChunkTables, x: np.ndarray, y: np.ndarray,
                              "agreement": [r.to_row(True) for r in t.agreement],
                              "compare": [r.to_row() for r in t.compare],
                              "grad_facts": [r.to_row() for r in t.grad_facts],
-                             "slow_rows": t.slow_rows})
+                             "slow_rows": t.slow_rows, "logit_rows": t.logit_rows})
     w.parquet(f"{t.key}.parquet", t.samples)  # last: its presence marks the chunk done
 
 
@@ -240,7 +240,8 @@ def _load_chunk(partial: Path, key: str, axes: list[str]) -> ChunkTables:
                        [AgreementRow.from_row(r, axes) for r in meta["agreement"]],
                        [CompareResult.from_row(r, axes) for r in meta["compare"]],
                        int(meta["slow_rows"]),
-                       [GradFacts.from_row(r, axes) for r in meta.get("grad_facts", [])])
+                       [GradFacts.from_row(r, axes) for r in meta.get("grad_facts", [])],
+                       int(meta["logit_rows"]))
 
 
 def _chunk_done(partial: Path, key: str) -> bool:
@@ -306,7 +307,7 @@ def publish(out_root: Path, manifest: Manifest, run_info: RunInfo, chunks: list[
     target = out_root / manifest.name
     evaluations = sum(c.samples.num_rows for c in chunks)
     fmts = list(dict.fromkeys(c.key.split("_", 1)[1] for c in chunks))
-    logit_rows = sum(c.rows.num_rows for c in chunks if c.key.endswith("_" + fmts[0]))
+    logit_rows = sum(c.logit_rows for c in chunks if c.key.endswith("_" + fmts[0]))
     impls = {r.implementation for c in chunks for r in c.summary}
     manifest = replace(manifest, counts={"logit_rows": logit_rows, "evaluations": evaluations,
                                          "implementations": len(impls), "formats": len(fmts)},

@@ -55,6 +55,7 @@ class ChunkTables:
     compare: list[CompareResult] = field(default_factory=list)
     slow_rows: int = 0
     grad_facts: list[GradFacts] = field(default_factory=list)
+    logit_rows: int = 0
 
 
 def samples_schema(params: dict[str, Any], axes: list[str],
@@ -257,15 +258,20 @@ def chunk_tables(point: int, swept: dict[str, Any], fmt: "str | Format",
                                                   m.category), quantity))
         agreement += _agreement(point, swept, f, meas, quantity)
         slow += meas.reference.slow_rows
-    facts = row_facts(x, t)
-    n = S * B
-    rows = pa.table({"point": np.full(n, point, np.int64), "format": [f.name] * n,
-                     "batch": np.repeat(np.arange(S, dtype=np.int64), B),
-                     "row": np.tile(np.arange(B, dtype=np.int64), S),
+    if reduction == "none":
+        facts = row_facts(x, t)
+        n = S * B
+    else:  # a reduced batch is one sample: per-row facts would only bloat the folder
+        facts = {k: v[:0] for k, v in row_facts(x[:1, :1], t[:1, :1]).items()}
+        n = 0
+    rows = pa.table({"point": np.full(n, point, np.int64),
+                     "format": pa.array([f.name] * n, pa.string()),
+                     "batch": np.repeat(np.arange(S, dtype=np.int64), B)[:n],
+                     "row": np.tile(np.arange(B, dtype=np.int64), S)[:n],
                      **{k: v for k, v in facts.items()}})
     samples = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
     return ChunkTables(chunk_key(point, f.name), samples, rows, summary, agreement, cmp, slow,
-                       facts_g)
+                       facts_g, S * B)
 
 
 def values_view(table: pa.Table, axes: list[str]) -> "list[dict[str, Any]] | None":
