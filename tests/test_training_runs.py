@@ -151,3 +151,45 @@ def test_input_format_rounds_logits_once_and_the_loss_to_another(write_config, t
     impl = np.array(t.column("implementation").to_pylist())
     ref = t.column("reference").to_numpy()[impl == "torch_upcast"].astype(np.float32)
     assert np.array_equal(ref, want)
+
+
+def test_generic_mean_of_padded_batches_divides_by_the_kept_rows(write_config, tmp_path):
+    """A batch with one kept row: torch's mean and the generic mean are that row's loss
+    (hand-derived: sum / 1), not sum / B."""
+    cfg = load_config(write_config("""
+        name = "pad"
+        question = "q"
+        classes = 6
+        batch_size = 8
+        samples = 20
+        seed = 3
+        formats = ["float32"]
+        implementations = ["torch", "torch(reduce=sequential)"]
+        reduction = "mean"
+        [inputs]
+        generator = "normal"
+        [loss]
+        ignore_fraction = 0.9
+    """))
+    d = run_experiment(cfg, tmp_path).path
+    res = open_results(d)
+    x, y = res.inputs(0, "float32")
+    t = res.samples()
+    impl = np.array(t.column("implementation").to_pylist())
+    comp = t.column("computed").to_numpy()
+    ref = t.column("reference").to_numpy()
+    one = [s for s in range(20) if (np.asarray(y[s]) != -100).sum() == 1]
+    assert one
+    for s in one:
+        r = int(np.flatnonzero(np.asarray(y[s]) != -100)[0])
+        per = torch.nn.functional.cross_entropy(
+            torch.tensor(np.asarray(x[s][r:r + 1], np.float64)),
+            torch.tensor([int(y[s][r])]))
+        assert abs(ref[(impl == "torch")][s] - float(per)) < 1e-6 * float(per)
+        assert comp[impl == "torch(reduce=sequential)"][s] == np.float32(
+            torch.nn.functional.cross_entropy(torch.tensor(np.asarray(x[s])),
+                                              torch.tensor(np.asarray(y[s])),
+                                              reduction="none").sum())
+    none_kept = [s for s in range(20) if (np.asarray(y[s]) == -100).all()]
+    for s in none_kept:  # all ignored: the mean is 0/0, NaN, as torch documents
+        assert np.isnan(ref[impl == "torch"][s])

@@ -32,7 +32,7 @@ from precision_lab.numerics.metrics import (
     ulp_distance,
     ulp_error,
 )
-from precision_lab.numerics.reference import cross_entropy_detailed
+from precision_lab.numerics.reference import cross_entropy_detailed, uses_training_semantics
 from precision_lab.numerics.semantics import reduction_denominator, validate
 from precision_lab.numerics.sums import reduce_in_format
 
@@ -122,8 +122,7 @@ def generic_reduce(per: np.ndarray, t: np.ndarray, f: Format, reduction: str, me
     "mean" divide by torch's denominator -- B, or with loss keywords the sum of the
     non-ignored targets' weights -- with one correct rounding."""
     kw = keywords or {}
-    plain = not kw and np.ndim(t) == 1
-    if plain or reduction == "sum":
+    if reduction == "sum" or not uses_training_semantics(t, kw):
         return reduce_in_format(per, reduction, f, method)
     total = reduce_in_format(per, "sum", f, method)
     _, T, spec = validate(np.asarray(logits), t, **kw)

@@ -79,14 +79,14 @@ from precision_lab.numerics._ziv import (
 from precision_lab.numerics.formats import Format, as_array, get_format
 
 __all__ = ["ReferenceError", "ReferenceResult", "cross_entropy", "cross_entropy_detailed",
-           "cross_entropy_grad",
+           "cross_entropy_grad", "uses_training_semantics",
            "MAX_PRECISION", "START_PRECISION"]
 
 Reduction = Literal["none", "mean", "sum"]
 Method = Literal["auto", "exact", "fast"]
 
 
-def _training_semantics(targets: Any, kw: dict[str, Any]) -> bool:
+def uses_training_semantics(targets: Any, kw: dict[str, Any]) -> bool:
     """Whether a call needs :mod:`precision_lab.numerics.semantics`: a keyword away from its
     default, probability targets, or a target equal to ``ignore_index``."""
     if (kw.get("weight") is not None or kw.get("label_smoothing", 0.0) != 0.0
@@ -145,7 +145,7 @@ def cross_entropy_detailed(logits: np.ndarray, targets: np.ndarray, fmt: "str | 
             (the message names the first such row).
         ReferenceError: a row or reduction not decided at MAX_PRECISION bits.
     """
-    if _training_semantics(targets, keywords):
+    if uses_training_semantics(targets, keywords):
         return semantics.cross_entropy_detailed(logits, targets, fmt, reduction=reduction,
                                                 method=method, **keywords)
     f = get_format(fmt)

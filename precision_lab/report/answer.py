@@ -60,7 +60,7 @@ def mechanisms(ctx: Context, analyses: dict[str, Any]) -> list[str]:
     if not axis and len(d.formats) >= 2 and "explain" not in out and "compare" not in out:
         out.append("formats")
     if "gradients" in analyses:
-        out.insert(0, "gradients")
+        out.append("gradients")
     return out
 
 
@@ -75,8 +75,11 @@ def _key(mech: str, ctx: Context, an: dict[str, Any]) -> tuple[list[Finding], li
         if "overflow" in an:
             return overflow(an["overflow"], an.get("nonfinite"))
         return (nonfinite(an["nonfinite"]) if "nonfinite" in an else []), []
-    if mech == "gradients":
-        return gradients(an["gradients"]), []
+    if mech == "gradients":  # the worst format and the flushed elements lead
+        found = gradients(an["gradients"])
+        per_fmt = [f for f in found if "format" in f.numbers]
+        rest = [f for f in found if f not in per_fmt]
+        return per_fmt[:2] + rest[:1], []
     if mech == "trend" and "trend" in an:
         return trend(an["trend"]), []
     if mech == "formats" and "formats" in an:

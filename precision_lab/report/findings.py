@@ -549,33 +549,39 @@ def explained(an: ExplainedRows) -> tuple[list[Finding], list[Block]]:
 
 
 def gradients(an: GradientAnalysis) -> list[Finding]:
-    """Per format: how often each implementation's gradient elements are correctly rounded,
-    its largest error, and the elements it flushes to 0 (or gets wrong as inf/NaN)."""
+    """Per format: how often each implementation's gradient elements are correctly rounded and
+    its largest error; then, over all formats, the elements flushed to 0 (or made inf/NaN)
+    and those that underflow in the truth itself."""
     out = []
-    for fm in ordered_formats({r.format for r in an.rows}):
+    fmts = ordered_formats({r.format for r in an.rows})
+    for fm in fmts:
         rows = [r for r in an.rows if r.format == fm]
         parts = [f"{r.implementation} {fmt_rate(r.exact, r.stat)} (largest "
                  f"{fmt_num(r.ulp_error_max, 3)} ULP)" for r in rows]
         out.append(Finding(f"In {fm}, gradient elements correctly rounded: " + "; ".join(parts)
                            + ".", {"format": fm}, "gradients"))
-        lost = [r for r in rows if r.zero_for_nonzero or r.nonfinite]
-        for r in lost:
-            text = f"In {fm}, {r.implementation}'s gradient"
-            bits = []
-            if r.zero_for_nonzero:
-                bits.append(f"is 0 on {r.zero_for_nonzero} of {r.elements} elements whose "
-                            "correctly rounded truth is not 0"
-                            + (f" ({r.subnormal_lost} of them subnormal in the truth, of "
-                               f"{r.truth_subnormal} subnormal ones)" if r.subnormal_lost
-                               else ""))
-            if r.nonfinite:
-                bits.append(f"is inf/NaN on {r.nonfinite} elements with a finite truth")
-            out.append(Finding(text + " " + " and ".join(bits) + ".",
-                               {"format": fm, "implementation": r.implementation,
-                                "zero_for_nonzero": r.zero_for_nonzero}, "gradients"))
-        under = max((r.truth_underflow for r in rows), default=0)
-        if under:
-            out.append(Finding(f"In {fm}, {under} gradient elements underflow in the truth "
-                               "itself (their correctly rounded value is 0: a 0 there is "
-                               "right).", {"format": fm, "truth_underflow": under}, "gradients"))
+    lost, bad, under = [], [], []
+    for fm in fmts:
+        rows = [r for r in an.rows if r.format == fm]
+        z = [r for r in rows if r.zero_for_nonzero]
+        if z:
+            sub = all(r.subnormal_lost == r.zero_for_nonzero for r in z)
+            lost.append(f"{fm}: " + ", ".join(f"{r.implementation} {r.zero_for_nonzero}"
+                                              for r in z)
+                        + f" of {z[0].elements}" + (" (all subnormal in the truth)" if sub
+                                                    else ""))
+        bad += [f"{r.implementation} in {fm} on {r.nonfinite}" for r in rows if r.nonfinite]
+        u = max((r.truth_underflow for r in rows), default=0)
+        if u:
+            under.append(f"{u} in {fm}")
+    if lost:
+        out.append(Finding("Gradient elements returned as 0 although the correctly rounded "
+                           "truth is not 0 -- " + "; ".join(lost) + ".", {}, "gradients"))
+    if bad:
+        out.append(Finding("Gradient elements that are inf/NaN where the truth is finite: "
+                           + "; ".join(bad) + ".", {}, "gradients"))
+    if under:
+        out.append(Finding("Gradient elements whose exact value underflows the format "
+                           "(correctly rounded to 0, so a 0 there is right): "
+                           + ", ".join(under) + ".", {}, "gradients"))
     return out
