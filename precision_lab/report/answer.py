@@ -51,6 +51,9 @@ def mechanisms(ctx: Context, analyses: dict[str, Any]) -> list[str]:
                               reverse=True):
         if share >= 0.01 or (share > 0 and name == "overflow" and not out):
             out.append(name)
+    if "overflow" not in out and analyses.get("nonfinite") is not None and \
+            getattr(analyses["nonfinite"], "from_input", None):
+        out.append("overflow")  # inf/NaN truths: say they are the input's doing
     axis = ctx.axis
     if axis and zero / total < 0.01 and nf / total < 0.1:
         if axis in SIZE_AXES:

@@ -172,14 +172,24 @@ def nonfinite(an: NonfiniteAnalysis) -> list[Finding]:
                 text += f" (none at {an.axis} = {fmt_num(c.last_clean)})"
         out.append(Finding(text + ".", {"format": c.format, "category": c.category,
                                         "count": c.count, "total": c.total}, "nonfinite"))
+    by_fmt: dict[tuple, list[str]] = {}  # (counts, implementations) -> formats
+    per: dict[tuple, list[str]] = {}
     for r in an.from_input:
-        parts = [f"{r[k]} {'NaN' if k == 'nan' else k}" for k in ("inf", "nan") if r[k]]
-        n = r["inf"] + r["nan"]
-        agree = ("all equal to the truth" if r["matching_truth"] == n else
-                 f"{r['matching_truth']} of them equal to the truth")
-        out.append(Finding(f"In {r['format']}, {r['implementation']} returns "
-                           f"{' and '.join(parts)} on rows whose logits already hold inf or NaN "
-                           f"({agree}): caused by the input, not by overflow.", dict(r),
+        per.setdefault((r["format"], r["inf"], r["nan"], r["matching_truth"]),
+                       []).append(r["implementation"])
+    for (fm, inf, nan, match), names in per.items():
+        by_fmt.setdefault((inf, nan, match, tuple(names)), []).append(fm)
+    for (inf, nan, match, names), fmts in by_fmt.items():
+        parts = [f"{k} {w}" for k, w in ((inf, "inf"), (nan, "NaN")) if k]
+        agree = ("all equal to the truth" if match == inf + nan else
+                 f"{match} of them equal to the truth")
+        out.append(Finding(f"{join_names(list(names))} "
+                           f"{'return' if len(names) > 1 else 'returns'} "
+                           f"{' and '.join(parts)} in "
+                           f"{'each of ' if len(fmts) > 1 else ''}{join_names(fmts)} on samples "
+                           f"whose truth is itself inf or NaN ({agree}): caused by the input "
+                           "(logits that hold inf or NaN, or a mean over no kept row), not by "
+                           "overflow.", {"formats": fmts, "implementations": list(names)},
                            "nonfinite"))
     return out
 
