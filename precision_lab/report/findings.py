@@ -197,6 +197,9 @@ def nonfinite(an: NonfiniteAnalysis) -> list[Finding]:
 def _overflow_cause(g: OverflowGroup) -> str:
     if g.input_nonfinite == g.non_finite:
         return "every one of these rows already holds an inf or NaN logit (the input's doing)"
+    if g.probability_underflow == g.non_finite:
+        return (f"on every one of them the target's probability exp(x_t - lse) is below half "
+                f"the smallest positive {g.format} value: it underflows to 0 and -log 0 = inf")
     if g.shifted_sum_overflow and g.shifted_sum_overflow == g.non_finite:
         return (f"the shifted sum exp(x_j - max) itself passes the largest finite {g.format} "
                 f"value on all {g.non_finite} failing rows (smallest such sum "
@@ -214,6 +217,8 @@ def _overflow_cause(g: OverflowGroup) -> str:
         (g.exp_overflow, "with a single exp overflowing"),
         (g.unshifted_sum_overflow, "with only the unshifted sum overflowing"),
         (g.shifted_sum_overflow, "with the shifted sum overflowing"),
+        (g.probability_underflow, "where the target's probability underflows to 0 (and -log 0 "
+                                  "= inf)"),
         (g.input_nonfinite, "whose input holds inf/NaN"), (g.other, "otherwise")) if n]
     return ", ".join(parts)
 

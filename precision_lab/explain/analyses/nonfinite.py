@@ -114,7 +114,9 @@ class OverflowGroup:
     Causes, in exact arithmetic on the row's logits, with M the format's largest finite value:
     ``exp_overflow`` a single exp overflows (max x > ln M); ``unshifted_sum_overflow`` only the
     sum exp(x_j) = exp(lse) does (lse > ln M); ``shifted_sum_overflow`` even sum exp(x_j - max)
-    reaches M; ``input_nonfinite`` the logits hold inf/NaN; ``other`` none of these.
+    reaches M; ``probability_underflow`` the target's probability exp(x_t - lse) is below half
+    the smallest subnormal, so a formula that forms it gets 0 and -log 0 = inf;
+    ``input_nonfinite`` the logits hold inf/NaN; ``other`` none of these.
     lse values are natural logs; the shifted sums are plain sums."""
 
     format: str
@@ -127,6 +129,7 @@ class OverflowGroup:
     input_nonfinite: int
     other: int
     ln_max_finite: float
+    probability_underflow: int
     rows_lse_above_ln_max: int
     non_finite_rows_lse_above: int
     smallest_lse_non_finite: "float | None"
@@ -165,6 +168,7 @@ def overflow(ctx: Context) -> "OverflowAnalysis | None":
                 continue
             mx, lse = facts.of(d, idx, "row_max"), facts.of(d, idx, "lse")
             mn = facts.of(d, idx, "row_min")
+            xt = facts.of(d, idx, "target_logit")
             with np.errstate(all="ignore"):
                 sp = np.exp(lse - mx)  # sum_j exp(x_j - max)
             nf = bad_all[idx]
@@ -176,7 +180,10 @@ def overflow(ctx: Context) -> "OverflowAnalysis | None":
             c_exp = nf & ~inp & (mx > lnM)
             c_sh = nf & ~inp & ~c_exp & (sp >= f.max_finite)
             c_un = nf & ~inp & ~c_exp & ~c_sh & (lse > lnM)
-            c_other = nf & ~c_in & ~c_exp & ~c_sh & ~c_un
+            with np.errstate(invalid="ignore"):
+                tiny = (xt - lse) < math.log(f.smallest_subnormal / 2)
+            c_pu = nf & ~inp & ~c_exp & ~c_sh & ~c_un & tiny
+            c_other = nf & ~c_in & ~c_exp & ~c_sh & ~c_un & ~c_pu
             above = ~inp & (lse > lnM)
             fin = ~nf & ~inp
             first = clean = None
@@ -189,12 +196,12 @@ def overflow(ctx: Context) -> "OverflowAnalysis | None":
             key = (int(idx.size), int(nf.sum()), int(c_exp.sum()), int(c_un.sum()),
                    int(c_sh.sum()), int(c_in.sum()), int(c_other.sum()), int(above.sum()),
                    int((nf & above).sum()), r6(lse[nf & ~inp], np.min), r6(lse[fin], np.max),
-                   r6(sp[c_sh], np.min), r6(sp[fin], np.max), first, clean)
+                   r6(sp[c_sh], np.min), r6(sp[fin], np.max), first, clean, int(c_pu.sum()))
             groups.setdefault(key, []).append(im)
         for key, names in groups.items():
             out.append(OverflowGroup(fm, names, key[0], key[1], key[2], key[3], key[4], key[5],
-                                     key[6], lnM, key[7], key[8], key[9], key[10], key[11],
-                                     key[12], key[13], key[14]))
+                                     key[6], lnM, key[15], key[7], key[8], key[9], key[10],
+                                     key[11], key[12], key[13], key[14]))
         # the plot: share of inf/NaN rows against ln(the sum the implementation forms) - ln M
         lines: dict[bytes, list[str]] = {}
         for im, (lse, sp, nf, inp) in per_impl.items():
