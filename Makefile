@@ -27,9 +27,8 @@ $(STAMP): pyproject.toml constraints.txt | $(BIN)/python
 
 run: $(STAMP)
 	$(BIN)/precision-lab run $(RUN_FLAGS) $(EXPERIMENTS)
-	$(BIN)/python -m precision_lab.studies.capability --out results
-	$(BIN)/python -m precision_lab.studies.cuda inputs $(VENV)/cuda_inputs.npz
-	$(BIN)/python -m precision_lab.studies.cuda analyze $(VENV)/cuda_inputs.npz results/cuda_vs_cpu/gpu_h100.npz results/cuda_vs_cpu
+	$(BIN)/precision-lab study capability --out results
+	$(BIN)/precision-lab study cuda analyze results/cuda_vs_cpu/gpu_h100.npz --out results
 
 lint: $(STAMP)
 	$(BIN)/ruff check precision_lab tests benchmarks

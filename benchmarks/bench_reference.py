@@ -99,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     print("\nfast: method='auto' on B rows (B*V ~ %d logits); exact: method='exact' on a "
           "prefix of the same rows;\nfallback: share of rows the fast path sent to the exact "
           "path; identical: bit-identical values on the prefix;\nplain-mp: element-by-element "
-          "mpmath at 50 digits on a few rows; vs plain: fast rows/s over plain-mp rows/s." % fast_elems)
+          "mpmath at 50 digits on a few rows; vs plain: fast rows/s over plain-mp rows/s."
+          % fast_elems)
     return 1 if bad else 0
 
 

@@ -453,6 +453,122 @@ def explain_command(
         typer.echo(render_text(e))
 
 
+# --------------------------------------------------------------------------- studies
+
+def _study_done(path: Path, quiet: bool) -> None:
+    if not quiet:
+        typer.echo(f"-> {path}  (precision-lab show {path})")
+        typer.echo(f"total {_seconds(time.perf_counter() - _T0)}")
+
+
+@study_app.command("capability")
+def study_capability_command(
+    batches: int = typer.Option(1000, "--batches", min=1,
+                                help="Batches of torch.rand(10, 10) (the seed ran 1000)."),
+    capabilities: Optional[List[str]] = typer.Option(
+        None, "--capabilities", "-c",
+        help="ATEN_CPU_CAPABILITY values to run (default, avx2, avx512), repeatable; "
+             "default: every one this CPU supports."),
+    out: Path = typer.Option(Path("results"), "--out", "-o",
+                             help="Folder that receives seed_81_percent_capabilities/."),
+    force: bool = _flag(True, "--force/--no-force",
+                        help="Replace an existing study folder (default: yes)."),
+    quiet: bool = _flag(False, "--quiet", "-q", help="No progress bars or messages."),
+) -> None:
+    """The seed's 81.4% check under each of torch's CPU kernel sets.
+
+    Runs the seed's protocol (torch.manual_seed(0), 1000 batches of torch.rand(10, 10),
+    nn.CrossEntropyLoss against the manual loop at |a - b| < 1e-15) once per
+    ATEN_CPU_CAPABILITY in its own process, measures all results against the correctly
+    rounded mean loss and writes <out>/seed_81_percent_capabilities/ like a run's folder.
+
+    Example: precision-lab study capability --batches 100 -c default -c avx2
+    """
+    from precision_lab.experiment.progress import Progress
+    from precision_lab.studies.capability import CAPABILITIES, run_study
+
+    bad = [c for c in capabilities or [] if c not in CAPABILITIES]
+    if bad:
+        _fail(f"--capabilities: unknown value {bad[0]!r}; allowed: {', '.join(CAPABILITIES)}")
+    try:
+        path = run_study(out, batches, capabilities or None, force=force,
+                         progress=Progress(quiet=quiet),
+                         command=" ".join(["precision-lab", *sys.argv[1:]]))
+    except RunError as exc:
+        _fail(str(exc))
+    _study_done(path, quiet)
+
+
+cuda_app = typer.Typer(help="torch on a CUDA GPU against torch on this CPU and the truth: "
+                            "inputs (here), compute (on the GPU machine), analyze (here).",
+                       no_args_is_help=True)
+study_app.add_typer(cuda_app, name="cuda")
+
+
+@cuda_app.command("inputs")
+def cuda_inputs_command(
+    path: Path = typer.Argument(..., help="The .npz file to write.", show_default=False),
+) -> None:
+    """Write the study's input sets (float64 logits, int64 targets) to PATH."""
+    from precision_lab.studies.cuda import make_inputs
+
+    make_inputs(path)
+    typer.echo(f"-> {path}")
+
+
+@cuda_app.command("compute")
+def cuda_compute_command(
+    inputs: Path = typer.Argument(..., help="The inputs file (study cuda inputs).",
+                                  show_default=False),
+    out: Path = typer.Argument(..., help="The .npz file of results to write.",
+                               show_default=False),
+    device: str = typer.Option("cuda", "--device", help="torch device to run on."),
+) -> None:
+    """Run torch's implementations on DEVICE over every input set and format (the GPU step)."""
+    from precision_lab.studies.cuda import compute
+
+    if not inputs.is_file():
+        _fail(f"{inputs}: no such inputs file (write one with `precision-lab study cuda "
+              "inputs`)")
+    try:
+        compute(inputs, out, device)
+    except RunError as exc:
+        _fail(str(exc))
+    typer.echo(f"-> {out}")
+
+
+@cuda_app.command("analyze")
+def cuda_analyze_command(
+    gpu: Path = typer.Argument(..., help="The GPU's results file (study cuda compute).",
+                               show_default=False),
+    inputs: Optional[Path] = typer.Option(None, "--inputs",
+                                          help="The inputs the GPU ran on (default: "
+                                               "regenerated here; they depend only on the "
+                                               "seed)."),
+    out: Path = typer.Option(Path("results"), "--out", "-o",
+                             help="Folder that receives cuda_vs_cpu/."),
+    force: bool = _flag(True, "--force/--no-force",
+                        help="Replace an existing study folder (default: yes)."),
+    quiet: bool = _flag(False, "--quiet", "-q", help="No progress bars or messages."),
+) -> None:
+    """Compare GPU results with torch on this CPU and the certified truth; write
+    <out>/cuda_vs_cpu/ like a run's folder (the GPU file is stored in it).
+
+    Example: precision-lab study cuda analyze results/cuda_vs_cpu/gpu_h100.npz
+    """
+    from precision_lab.experiment.progress import Progress
+    from precision_lab.studies.cuda import analyze
+
+    if inputs is not None and not inputs.is_file():
+        _fail(f"--inputs: {inputs}: no such file")
+    try:
+        path = analyze(gpu, out, inputs=inputs, force=force, progress=Progress(quiet=quiet),
+                       command=" ".join(["precision-lab", *sys.argv[1:]]))
+    except RunError as exc:
+        _fail(str(exc))
+    _study_done(path, quiet)
+
+
 def main() -> None:  # pragma: no cover - console entry
     """Console entry: the app, with any unexpected error as one line and exit code 1."""
     try:

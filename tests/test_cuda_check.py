@@ -1,36 +1,77 @@
-"""cuda_check's analysis, with torch's CPU kernels standing in for the GPU side."""
+"""The cuda study's analysis, with torch's CPU kernels standing in for the GPU side."""
 
-import json
+from __future__ import annotations
 
+import mpmath
 import numpy as np
+import pytest
+from typer.testing import CliRunner
 
-from precision_lab.studies import cuda as cuda_check
-
-
-def test_analyze_against_itself(tmp_path):
-    inputs, fake_gpu = tmp_path / "in.npz", tmp_path / "gpu.npz"
-    cuda_check.make_inputs(inputs)
-    cuda_check.compute(inputs, fake_gpu, device="cpu")
-    s = cuda_check.analyze(inputs, fake_gpu, tmp_path / "out")
-    # the same kernels on the same values: every result bit-identical, distance 0
-    assert all(r["identical_rate"] == 1.0 and r["ulp_distance_max"] == 0 for r in s["rows"])
-    assert s["seed_protocol"]["gpu"] == s["seed_protocol"]["cpu"]
-    # the seed protocol's share is a share of 1000 batches; at 1e-15 float32 means identity
-    share = s["seed_protocol"]["cpu"]["pass_rate_1e-15"]
-    assert share == s["seed_protocol"]["cpu"]["bit_identical_rate"]
-    assert (share * 1000) == round(share * 1000)
-    # errors are measured against the unrounded truth: float64 torch on random normal logits
-    # at V = 1024 is within a couple of ulps, and somewhere not correctly rounded is possible
-    row = next(r for r in s["rows"] if r["set"] == "normal3_V1024" and r["format"] == "float64"
-               and r["implementation"] == "torch")
-    assert 0.0 < row["cpu"]["ulp_error_max"] < 4.0
-    saved = json.loads((tmp_path / "out" / "summary.json").read_text())
-    assert saved["rows"] == s["rows"]
-    assert "bit-identical" in (tmp_path / "out" / "report.md").read_text()
+from precision_lab.cli import app
+from precision_lab.experiment.store import open_results, sha256_of
+from precision_lab.studies import cuda
 
 
-def test_inputs_are_deterministic(tmp_path):
-    cuda_check.make_inputs(tmp_path / "a.npz")
-    cuda_check.make_inputs(tmp_path / "b.npz")
+@pytest.fixture(scope="module")
+def analyzed(tmp_path_factory: pytest.TempPathFactory):
+    tmp = tmp_path_factory.mktemp("cuda")
+    inputs, fake_gpu = tmp / "in.npz", tmp / "gpu_fake.npz"
+    cuda.make_inputs(inputs)
+    cuda.compute(inputs, fake_gpu, device="cpu")
+    folder = cuda.analyze(fake_gpu, tmp / "out", inputs=inputs)
+    return folder, fake_gpu
+
+
+def test_same_kernels_agree_bit_for_bit(analyzed) -> None:
+    folder, gpu = analyzed
+    res = open_results(folder)
+    assert res.manifest.kind == "study"
+    pairs = [r for r in res.agreement()
+             if r.implementation_a.split("@")[0] == r.implementation_b.split("@")[0]]
+    assert pairs and all(r.identical_rate == 1.0 for r in pairs)
+    seed = res.analyses()["seed_protocol"]
+    assert seed[0]["passed"] == seed[1]["passed"] and seed[0]["batches"] == 1000
+    # the GPU file travels with the folder, listed with its checksum
+    assert res.manifest.files[gpu.name] == sha256_of(gpu)
+
+
+def test_float64_error_against_mpmath(analyzed) -> None:
+    """A float64 per-sample loss's ULP error recomputed from mpmath at 80 digits."""
+    folder, _ = analyzed
+    res = open_results(folder)
+    x, y = res.inputs(2, "float64")  # normal3_V1024
+    t = {k: np.asarray(v) for k, v in res.samples().to_pydict().items()}
+    for i in (0, 7, 199):
+        (j,) = np.flatnonzero((t["point"] == 2) & (t["format"] == "float64")
+                              & (t["implementation"] == "torch@cpu") & (t["sample"] == i))
+        with mpmath.workdps(80):
+            v = [mpmath.mpf(float(a)) for a in x[0, i]]
+            exact = mpmath.log(mpmath.fsum(mpmath.exp(a) for a in v)) - v[int(y[0, i])]
+            ulp = mpmath.mpf(2) ** (mpmath.floor(mpmath.log(abs(exact), 2)) - 52)
+            want = float(abs(mpmath.mpf(float(t["computed"][j])) - exact) / ulp)
+        assert t["ulp_error"][j] == pytest.approx(want, rel=1e-6, abs=1e-9)
+
+
+def test_compute_without_cuda_is_one_line_exit_2(tmp_path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    cuda.make_inputs(tmp_path / "in.npz")
+    r = CliRunner().invoke(app, ["study", "cuda", "compute", str(tmp_path / "in.npz"),
+                                 str(tmp_path / "g.npz")])
+    assert r.exit_code == 2 and "no CUDA device" in r.output
+    assert not (tmp_path / "g.npz").exists()
+
+
+def test_analyze_missing_file_exit_2(tmp_path) -> None:
+    r = CliRunner().invoke(app, ["study", "cuda", "analyze", str(tmp_path / "nope.npz"),
+                                 "--out", str(tmp_path)])
+    assert r.exit_code == 2 and "nope.npz" in r.output
+
+
+def test_inputs_are_deterministic(tmp_path) -> None:
+    cuda.make_inputs(tmp_path / "a.npz")
+    cuda.make_inputs(tmp_path / "b.npz")
     a, b = np.load(tmp_path / "a.npz"), np.load(tmp_path / "b.npz")
     assert a.files == b.files and all(np.array_equal(a[k], b[k]) for k in a.files)

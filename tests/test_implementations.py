@@ -61,7 +61,8 @@ def exact_losses(x: np.ndarray, t: np.ndarray, prec: int = 200) -> np.ndarray:
 
 def correctly_rounded(x: np.ndarray, t: np.ndarray, fmt: str) -> np.ndarray:
     with mpmath.workprec(200):
-        return np.array([round_to(v, fmt) for v in exact_losses(x, t)], dtype=get_format(fmt).np_dtype)
+        return np.array([round_to(v, fmt) for v in exact_losses(x, t)],
+                        dtype=get_format(fmt).np_dtype)
 
 
 # -- seed example ------------------------------------------------------------------------

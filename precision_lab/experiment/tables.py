@@ -29,7 +29,8 @@ from precision_lab.numerics.formats import Format, get_format, ulp_of
 from precision_lab.numerics.metrics import NO_DISTANCE, ulp_distance
 from precision_lab.numerics.stats import error_stats
 
-__all__ = ["ChunkTables", "chunk_key", "chunk_tables", "samples_schema", "values_view",
+__all__ = ["ChunkTables", "chunk_key", "chunk_tables", "compare_pair", "samples_schema",
+           "values_view",
            "VALUES_LIMIT", "VALUES_MAX_ROWS"]
 
 #: summary.json lists every computed value ("values") when a sweep point has at most
@@ -60,14 +61,16 @@ class ChunkTables:
 
 def samples_schema(params: dict[str, Any], axes: list[str],
                    with_quantity: bool = False) -> pa.Schema:
-    """Column types of samples.parquet (swept parameters typed by their values).  Experiments
+    """Column types of samples.parquet (swept parameters typed by their values: a study may
+    sweep names, such as a kernel set).  Experiments
     that measure the gradient have two more columns after ``format``: ``quantity`` ("loss"
     or "grad") and ``element`` (the class of the row's worst gradient element; -1 for a
     loss)."""
     cols = [("point", pa.int64())]
     for a in axes:
         v = params[a]
-        cols.append((a, pa.int64() if isinstance(v, int) and not isinstance(v, bool)
+        cols.append((a, pa.string() if isinstance(v, str)
+                     else pa.int64() if isinstance(v, int) and not isinstance(v, bool)
                      else pa.float64()))
     cols += [("sample", pa.int64()), ("batch", pa.int64()), ("row", pa.int64()),
              ("implementation", pa.string()), ("format", pa.string()),
@@ -204,8 +207,10 @@ def _finite_or_none(v: float) -> "float | None":
     return v if math.isfinite(v) else None
 
 
-def _compare(point: int, swept: dict[str, Any], f: Format, meas: Measurement, a: str, b: str,
-             abs_tol: float) -> CompareResult:
+def compare_pair(point: int, swept: dict[str, Any], f: Format, meas: Measurement, a: str,
+                 b: str, abs_tol: float) -> CompareResult:
+    """Agreement of results ``a`` and ``b`` of one measurement: pass share of
+    ``|a - b| < abs_tol``, bit identity and their ULP distance in ``f``."""
     ma, mb = meas.results[a], meas.results[b]
     va, vb = ma.computed, mb.computed
     with np.errstate(all="ignore"):
@@ -251,7 +256,7 @@ def chunk_tables(point: int, swept: dict[str, Any], fmt: "str | Format",
         else:
             parts.append(_samples_table(point, swept, f, meas, S, B, reduction, with_q))
             if compare:
-                cmp = [_compare(point, swept, f, meas, *compare)]
+                cmp = [compare_pair(point, swept, f, meas, *compare)]
         for key, m in meas.results.items():
             summary.append(SummaryRow(point, dict(swept), key, f.name,
                                       error_stats(m.ulp_error, m.ulp_distance, m.bits_of_error,

@@ -116,8 +116,11 @@ def sample_data(res: Results) -> "SampleData | None":
     ic, impls = _codes(t.column("implementation"))
     fc, fmts = _codes(t.column("format"))
     cc, cats = _codes(t.column("category"))
+    import pyarrow.types as pat
+
     axes = {a: np.asarray(t.column(a).to_numpy(zero_copy_only=False), dtype=np.float64)
-            for a in res.axes if a in t.column_names}
+            for a in res.axes
+            if a in t.column_names and not pat.is_string(t.schema.field(a).type)}
     out = SampleData(num["point"], num["sample"], ic, impls, fc, fmts, cc, cats,
                      num["computed"], num["reference"], num["exact_hi"], num["exact_lo"],
                      num["ulp_distance"], num["ulp_error"], num["bits_of_error"],

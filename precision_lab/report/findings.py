@@ -242,9 +242,10 @@ def overflow(an: OverflowAnalysis, nf: "NonfiniteAnalysis | None") -> tuple[list
         if nf.never and len(nf.never) < len({i for c in nf.counts for i in c.implementations}
                                             | set(nf.never)):
             n_each = sorted(set(nf.rows_per_format.values()))
+            rows = (f"{n_each[0]} per format" if len(n_each) == 1 else
+                    ", ".join(f"{nf.rows_per_format[f]} in {f}" for f in fmts))
             out.append(Finding(f"{join_names(nf.never)} never return a spurious inf or NaN: a "
-                               f"finite loss on every row with finite logits "
-                               f"({'/'.join(str(n) for n in n_each)} per format) in "
+                               f"finite loss on every row with finite logits ({rows}) in "
                                f"{join_names(ordered_formats(fmts))}.",
                                {"implementations": nf.never}, "overflow"))
         if nf.clean_formats and len(nf.clean_formats) < len(fmts):
@@ -481,12 +482,15 @@ def compare(ctx: Context) -> tuple[list[Finding], list[Block]]:
     where = ", ".join(x for x in (f"torch {env['torch']}" if env.get("torch") else "",
                                   f"CPU capability {env['torch_cpu_capability']}"
                                   if env.get("torch_cpu_capability") else "") if x)
-    for r in ctx.res.compare()[:2]:
+    results = ctx.res.compare()
+    for r in results[:2]:
+        at = ("at " + ", ".join(f"{k} = {v}" for k, v in r.params.items())
+              if len(results) > 1 and r.params else "")
         out.append(Finding(
             f"{r.a} and {r.b} pass the check |a - b| < {r.abs_tol:g} on "
-            f"{fmt_rate(r.passed, r.count)} of the {r.format} samples on this machine"
-            + (f" ({where})" if where else "") + ".", {"passed": r.passed, "count": r.count},
-            "compare"))
+            f"{fmt_rate(r.passed, r.count)} of the {r.format} samples "
+            + (at if at else "on this machine" + (f" ({where})" if where else "")) + ".",
+            {"passed": r.passed, "count": r.count, **r.params}, "compare"))
         if r.ulp_at_median_reference is not None:
             out.append(Finding(
                 f"{r.abs_tol:g} is a bit-identity test in {r.format}: one ULP near the median "
@@ -501,21 +505,24 @@ def compare(ctx: Context) -> tuple[list[Finding], list[Block]]:
         counts = r.ulp_distance.get("counts") or {}
         if counts:
             order = sorted(counts.items(), key=lambda kv: int(kv[0]))
-            out.append(Finding(f"ULP distance between {r.a} and {r.b} over the {r.count} samples: "
+            out.append(Finding(f"ULP distance between {r.a} and {r.b} over the {r.count} samples"
+                               + (f" {at}" if at else "") + ": "
                                + ", ".join(f"{v} at {d} ULP" for d, v in order) + ".",
                                {"counts": counts}, "compare"))
             tables.append(Table(["ULP distance |a - b|", "samples", "share",
                                  f"passes {r.abs_tol:g}"],
                                 [[d, v, fmt_rate(int(v), r.count), "yes" if int(d) == 0 else "no"]
                                  for d, v in order],
-                                f"Distance between {r.a} and {r.b} in {r.format} ULPs."))
+                                f"Distance between {r.a} and {r.b} in {r.format} ULPs"
+                                + (f" {at}" if at else "") + "."))
         ea, eb = r.a_ulp_error, r.b_ulp_error
         if ea.count and eb.count:
             def one(name: str, e: Any) -> str:
                 k = int(round((e.exact_match_rate or 0.0) * e.count))
                 return (f"{name} is correctly rounded on {fmt_rate(k, e.count)} (mean error "
                         f"{fmt_num(e.mean, 3)} ULP, max {fmt_num(e.max, 3)})")
-            out.append(Finding(f"Against the correctly rounded truth, {one(r.a, ea)}; "
+            out.append(Finding("Against the correctly rounded truth" + (f" {at}" if at else "")
+                               + f", {one(r.a, ea)}; "
                                f"{one(r.b, eb)}. A correctly rounded result is within 0.5 ULP.",
                                {"a_mean": ea.mean, "b_mean": eb.mean}, "compare"))
     return out, tables

@@ -26,7 +26,7 @@ from precision_lab.experiment.store import MANIFEST, Results, Writer
 from precision_lab.explain.analyses import Context, run_analyses
 from precision_lab.explain.data import NONFINITE_CATEGORIES, group_label
 from precision_lab.report import plots as P
-from precision_lab.report.answer import all_findings, key_findings
+from precision_lab.report.answer import MAX_KEY_FINDINGS, all_findings, key_findings
 from precision_lab.report.document import (
     Block,
     Bullets,
@@ -330,10 +330,11 @@ def build_document(res: Results, ctx: "Context | None", analyses: dict[str, Any]
         key, key_tables, mechs = key_findings(ctx, analyses)
     else:
         key, key_tables, mechs = [], [], []
-    key = extra.findings + key if extra.findings else key
+    if extra.findings:  # a study's own findings lead; the standard ones fill up to the cap
+        key = (extra.findings + key)[:max(MAX_KEY_FINDINGS, len(extra.findings))]
     blocks.append(Heading("Answer: key findings", 2))
     blocks.append(Bullets([f.text for f in key]) if key else Para("No findings (no samples)."))
-    blocks.extend((extra.tables or key_tables)[:1])
+    blocks.extend(extra.tables or key_tables[:1])
     kplots = extra.figures[:2] + _key_plots(figs, mechs, ctx.axis if ctx else None)
     kplots = list(dict.fromkeys(kplots))[:4] if kplots else []
     if kplots:

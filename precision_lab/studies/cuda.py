@@ -2,31 +2,53 @@
 
 The GPU only runs torch; everything that needs the reference runs here.  Three steps::
 
-    python -m precision_lab.studies.cuda inputs  INPUTS.npz             # any machine
-    python -m precision_lab.studies.cuda compute INPUTS.npz GPU.npz     # the CUDA machine
-    python -m precision_lab.studies.cuda analyze INPUTS.npz GPU.npz OUT_DIR   # any machine
+    precision-lab study cuda inputs INPUTS.npz                 # any machine
+    precision-lab study cuda compute INPUTS.npz GPU.npz        # the CUDA machine
+    precision-lab study cuda analyze GPU.npz                   # any machine
 
-``compute`` needs only numpy, ml_dtypes, mpmath and torch (not pydantic or the runner).
-``analyze`` recomputes the CPU side here, computes the correctly rounded reference and the
-unrounded truth, and writes ``summary.json`` and ``report.md`` to OUT_DIR: per input set,
-format and torch implementation, each device's ULP-error statistics against the truth, the
-share of results bit-identical between the devices, and, for the seed's protocol, the share
-of batches whose CUDA mean loss matches the seed's manual loop at |a - b| < 1e-15.
+``compute`` needs only numpy, ml_dtypes, mpmath and torch (not the runner).  ``analyze``
+regenerates the inputs (they are a pure function of the seed), recomputes the CPU side here
+and publishes ``results/cuda_vs_cpu`` like a run's folder (:mod:`precision_lab.studies.common`):
+one sweep point per input set, results ``<implementation>@cpu`` and ``<implementation>@cuda``
+measured against the correctly rounded truth (the agreement table gives the share of results
+bit-identical between the devices), the GPU results file itself, and for the seed's protocol
+the share of batches whose mean loss matches the seed's manual loop at |a - b| < 1e-15 on each
+device.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import platform
 import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from precision_lab.experiment.errors import RunError
+from precision_lab.experiment.measure import Measurement
+from precision_lab.experiment.progress import NO_PROGRESS, Progress
+from precision_lab.experiment.store import Results
+from precision_lab.experiment.tables import chunk_key
 from precision_lab.implementations import torch_ce, torch_logsoftmax_nll, torch_manual
-from precision_lab.numerics.formats import FORMAT_NAMES, get_format, round_float64_array
+from precision_lab.numerics.formats import FORMAT_NAMES, round_float64_array
+from precision_lab.numerics.metrics import NO_DISTANCE, ulp_distance
+from precision_lab.numerics.stats import error_stats
+from precision_lab.numerics.sums import reduce_in_format
+from precision_lab.report.document import Table
+from precision_lab.report.findings import Finding
+from precision_lab.report.report import Extra
+from precision_lab.report.text import fmt_num, fmt_pct
+from precision_lab.studies.common import Study, StudyChunk, publish_study
 
-__all__ = ["make_inputs", "compute", "analyze"]
+__all__ = ["SETS", "STUDY_NAME", "SeedCheck", "make_inputs", "compute", "analyze"]
+
+STUDY_NAME = "cuda_vs_cpu"
 
 TORCH_IMPLS = {"torch": torch_ce, "torch_logsoftmax_nll": torch_logsoftmax_nll,
                "torch_manual": torch_manual}
@@ -40,11 +62,11 @@ SETS = {
 }
 
 
-def make_inputs(path: Path, seed: int = 0) -> None:
+def make_inputs(path: "str | Path", seed: int = 0) -> None:
     """Write the input sets (float64 logits, int64 targets) to ``path`` (.npz)."""
     import torch
 
-    arrays: dict[str, np.ndarray] = {}
+    arrays: dict[str, Any] = {}
     rng = np.random.Generator(np.random.PCG64(seed))
     for name, (b, c, scale) in SETS.items():
         if scale is None:
@@ -66,13 +88,21 @@ def _formats_for(name: str) -> tuple[str, ...]:
     return ("float32",) if name == "seed_protocol" else FORMAT_NAMES
 
 
-def compute(inputs: Path, out: Path, device: str = "cuda") -> None:
+def compute(inputs: "str | Path", out: "str | Path", device: str = "cuda") -> None:
     """Run the torch implementations on ``device`` over every input set and format; save the
-    per-sample losses (float64 images of the format values) and the torch/device facts."""
+    per-sample losses (float64 images of the format values) and the torch/device facts.
+
+    Raises:
+        RunError: ``device`` is a CUDA device and torch here has no CUDA.
+    """
     import torch
 
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RunError(f"device {device!r}: torch {torch.__version__} here has no CUDA device; "
+                       "run `compute` on the GPU machine and `analyze` here")
+
     data = np.load(inputs)
-    res: dict[str, np.ndarray] = {}
+    res: dict[str, Any] = {}
     for name in SETS:
         x64, y = data[f"{name}/logits"], data[f"{name}/targets"]
         for fmt in _formats_for(name):
@@ -84,133 +114,137 @@ def compute(inputs: Path, out: Path, device: str = "cuda") -> None:
                 res[f"{name}/{fmt}/torch_mean"] = np.array([
                     float(torch_ce(x[i:i + b], y[i:i + b], fmt, reduction="mean", device=device))
                     for i in range(0, len(y), b)])
-    info = {"device": device, "torch": torch.__version__, "python": sys.version.split()[0],
-            "platform": platform.platform(), "numpy": np.__version__}
+    info: dict[str, Any] = {"device": device, "torch": torch.__version__,
+                            "python": sys.version.split()[0], "platform": platform.platform(),
+                            "numpy": np.__version__}
     if device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name(0)
         info["cuda"] = torch.version.cuda
     np.savez_compressed(out, info=np.array(json.dumps(info)), **res)
 
 
-def _stats(err: np.ndarray) -> dict:
-    fin = err[np.isfinite(err)]
-    return {"count": int(err.size), "finite": int(fin.size),
-            "correctly_rounded_rate": float(np.mean(fin <= 0.5)) if fin.size else None,
-            "ulp_error_mean": float(fin.mean()) if fin.size else None,
-            "ulp_error_max": float(fin.max()) if fin.size else None}
+@dataclass(frozen=True)
+class SeedCheck:
+    """The seed's check on one device: of ``batches`` batches, how many pass
+    |nn.CrossEntropyLoss - manual loop| < 1e-15 and how many are bit-identical."""
+
+    device: str
+    batches: int
+    passed: int
+    bit_identical: int
 
 
-def analyze(inputs: Path, gpu: Path, out_dir: Path) -> dict:
-    """Compare the GPU results in ``gpu`` with torch's CPU kernels here and the truth; write
-    ``summary.json`` and ``report.md`` under ``out_dir`` and return the summary."""
-    from precision_lab.numerics.metrics import ulp_distance, ulp_error
-    from precision_lab.numerics.reference import cross_entropy_detailed
-    from precision_lab.numerics.sums import (
-        reduce_in_format,  # the seed's loop over per-sample losses
-    )
+def _seed_checks(gpu: Any, cpu: Any) -> list[SeedCheck]:
+    b = SETS["seed_protocol"][0]
+    out = []
+    for side, arr in (("cpu", cpu), ("cuda", gpu)):
+        module = arr["seed_protocol/float32/torch_mean"]
+        per = arr["seed_protocol/float32/torch_manual"].astype(np.float32)
+        manual = np.array([float(reduce_in_format(per[i:i + b], "mean", "float32"))
+                           for i in range(0, len(per), b)])
+        out.append(SeedCheck(side, int(module.size), int(np.sum(np.abs(module - manual) < 1e-15)),
+                             int(np.sum(module == manual))))
+    return out
 
-    cpu_file = out_dir / "_cpu.npz"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    compute(inputs, cpu_file, device="cpu")
-    data, g, c = np.load(inputs), np.load(gpu), np.load(cpu_file)
+
+def analyze(gpu: "str | Path", out_root: "str | Path" = "results", *,
+            inputs: "str | Path | None" = None, force: bool = True,
+            progress: Progress = NO_PROGRESS, command: "str | None" = None) -> Path:
+    """Compare the GPU results in ``gpu`` with torch's CPU kernels here and the truth, and
+    publish ``out_root/cuda_vs_cpu`` (the GPU file is stored in the folder).  ``inputs``: the
+    file ``compute`` ran on (default: regenerated here, identical for the same seed).
+
+    Raises:
+        RunError: ``gpu`` is missing or lacks a result this version computes.
+    """
+    t0 = time.perf_counter()
+    gpu = Path(gpu)
+    if not gpu.is_file():
+        raise RunError(f"{gpu}: no such GPU results file (write one with `precision-lab study "
+                       "cuda compute` on a CUDA machine)")
+    gpu_bytes = gpu.read_bytes()  # publishing may replace the folder the file is in
+    with tempfile.TemporaryDirectory() as tmp:
+        if inputs is None:
+            inputs = Path(tmp) / "inputs.npz"
+            make_inputs(inputs)
+        cpu_file = Path(tmp) / "cpu.npz"
+        with progress.stage("compute", total=1) as advance:
+            compute(inputs, cpu_file, device="cpu")
+            advance(1)
+        data = dict(np.load(inputs))
+        g = dict(np.load(io.BytesIO(gpu_bytes)))
+        c = dict(np.load(cpu_file))
     g_info, c_info = json.loads(str(g["info"])), json.loads(str(c["info"]))
     import torch
 
     c_info["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
-    rows = []
-    seed: dict = {}
-    for name in SETS:
+    chunks = []
+    for i, name in enumerate(SETS):
+        b, v, _ = SETS[name]
         x64, y = data[f"{name}/logits"], data[f"{name}/targets"]
+        S = len(y) // b
         for fmt in _formats_for(name):
-            f = get_format(fmt)
-            x = round_float64_array(x64, fmt)
-            ref = cross_entropy_detailed(x, y, fmt)
+            x = round_float64_array(x64, fmt).reshape(S, b, v)
+            results = {}
             for key in TORCH_IMPLS:
-                gv = g[f"{name}/{fmt}/{key}"].astype(f.np_dtype)
-                cv = c[f"{name}/{fmt}/{key}"].astype(f.np_dtype)
-                d = ulp_distance(gv, cv, fmt)
-                rows.append({
-                    "set": name, "format": fmt, "implementation": key,
-                    "gpu": _stats(ulp_error(gv, ref.hi, fmt, exact_lo=ref.lo)),
-                    "cpu": _stats(ulp_error(cv, ref.hi, fmt, exact_lo=ref.lo)),
-                    "identical_rate": float(np.mean(d == 0)),
-                    "ulp_distance_max": int(d.max()),
-                })
-            if name == "seed_protocol":
-                b = SETS[name][0]
-                for side, arr in (("gpu", g), ("cpu", c)):
-                    module = arr[f"{name}/{fmt}/torch_mean"]
-                    per = arr[f"{name}/{fmt}/torch_manual"].astype(np.float32)
-                    manual = np.array([float(reduce_in_format(per[i:i + b], "mean", fmt))
-                                       for i in range(0, len(per), b)])
-                    seed[side] = {
-                        "pass_rate_1e-15": float(np.mean(np.abs(module - manual) < 1e-15)),
-                        "bit_identical_rate": float(np.mean(module == manual)),
-                    }
-    summary = {"gpu_side": g_info, "cpu_side": c_info, "rows": rows, "seed_protocol": seed}
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (out_dir / "report.md").write_text(_report(summary))
-    cpu_file.unlink()
-    return summary
+                for side, arr in (("cpu", c), ("cuda", g)):
+                    k = f"{name}/{fmt}/{key}"
+                    if k not in arr:
+                        raise RunError(f"{gpu}: no result {k!r}; recompute it with this "
+                                       "version's `study cuda compute`")
+                    results[f"{key}@{side}"] = arr[k]
+            chunks.append(StudyChunk(i, {"set": name}, fmt, x, y.reshape(S, b), results))
+    seed = _seed_checks(g, c)
+    study = Study(
+        STUDY_NAME,
+        "Do torch's CUDA kernels compute the same cross-entropy as its CPU kernels, and which "
+        "is closer to the truth?",
+        "The same inputs (SETS in precision_lab/studies/cuda.py) through nn.CrossEntropyLoss "
+        "(torch), log_softmax + nll_loss (torch_logsoftmax_nll) and the seed's manual formula "
+        "(torch_manual) on a GPU (results <implementation>@cuda, computed there and stored in "
+        f"{gpu.name}) and on this machine's CPU (<implementation>@cpu), per-sample losses "
+        "against the correctly rounded truth.",
+        {"study": "cuda_vs_cpu", "sets": {k: list(v) for k, v in SETS.items()}, "seed": 0,
+         "gpu_file": gpu.name, "gpu": g_info},
+        ["set"], reduction="none", environment={"gpu_side": g_info, "cpu_side": c_info})
 
+    def extra(res: Results, measured: dict[str, Measurement]) -> Extra:
+        assert res.writer is not None
+        res.writer.bytes(gpu.name, gpu_bytes)
+        findings = [Finding(
+            f"The seed's check on {s.device}: nn.CrossEntropyLoss and the manual loop agree to "
+            f"|a - b| < 1e-15 on {fmt_pct(s.passed / s.batches)} of {s.batches} batches and are "
+            f"bit-identical on {fmt_pct(s.bit_identical / s.batches)}.", asdict(s),
+            kind="study")
+            for s in seed]
+        table = Table(["device", "passes |a - b| < 1e-15", "bit-identical"],
+                      [[s.device, fmt_pct(s.passed / s.batches),
+                        fmt_pct(s.bit_identical / s.batches)] for s in seed],
+                      "The seed's protocol (1000 batches of torch.rand(10, 10), float32, mean) "
+                      f"on each device. GPU: {g_info.get('gpu', g_info['device'])}, torch "
+                      f"{g_info['torch']}; CPU: torch {c_info['torch']}, "
+                      f"{c_info['cpu_capability']}.")
+        rows = []
+        for c in chunks:
+            m = measured[chunk_key(c.point, c.fmt)]
+            for key in TORCH_IMPLS:
+                a, b = m.results[f"{key}@cpu"], m.results[f"{key}@cuda"]
+                d = ulp_distance(a.computed, b.computed, c.fmt)
+                ok = d != NO_DISTANCE
+                ea, eb = (error_stats(r.ulp_error, r.ulp_distance, r.bits_of_error, r.category)
+                          for r in (a, b))
+                rows.append([c.params["set"], c.fmt, key, fmt_pct(float(np.mean(d == 0))),
+                             int(d[ok].max()) if ok.any() else "—",
+                             f"{fmt_num(ea.ulp_error_mean, 3)} / {fmt_num(ea.ulp_error_max, 3)}",
+                             f"{fmt_num(eb.ulp_error_mean, 3)} / {fmt_num(eb.ulp_error_max, 3)}"])
+        devices = Table(["set", "format", "implementation", "bit-identical CPU vs GPU",
+                         "max ULP distance", "CPU mean / max ULP error",
+                         "GPU mean / max ULP error"], rows,
+                        "Per-sample losses of the same inputs on both devices; ULP errors "
+                        "against the truth (finite results).", md_rows=12,
+                        md_note="all rows in report.html and agreement.csv")
+        return Extra(findings=findings, tables=[table, devices],
+                     records={"seed_protocol": [asdict(s) for s in seed]})
 
-def _fmt(v) -> str:
-    return "-" if v is None else (f"{v:.3g}" if isinstance(v, float) else str(v))
-
-
-def _report(s: dict) -> str:
-    gi, ci = s["gpu_side"], s["cpu_side"]
-    lines = [
-        "# torch on CUDA vs torch on the CPU, against the certified truth", "",
-        f"GPU side: {gi.get('gpu', gi['device'])}, torch {gi['torch']} (CUDA {gi.get('cuda')}), "
-        f"Python {gi['python']}.  CPU side: torch {ci['torch']}, CPU capability "
-        f"{ci['cpu_capability']}, Python {ci['python']}.  Same inputs on both (SETS in "
-        "precision_lab/cuda_check.py); ULP error is against the unrounded truth, so a "
-        "correctly rounded result scores at most 0.5.  `make run` recomputes this report from "
-        "the committed GPU results (gpu_h100.npz): `python -m precision_lab.studies.cuda inputs "
-        "IN.npz && python -m precision_lab.studies.cuda analyze IN.npz "
-        "results/cuda_vs_cpu/gpu_h100.npz results/cuda_vs_cpu`.", "",
-    ]
-    seed = s["seed_protocol"]
-    if seed:
-        lines += ["## The seed's protocol (1000 batches of torch.rand(10, 10), float32, mean)", "",
-                  "| device | share passing abs(module - manual) < 1e-15 | share bit-identical |",
-                  "|---|---|---|"]
-        for side in ("cpu", "gpu"):
-            lines.append(f"| {side} | {seed[side]['pass_rate_1e-15']:.1%} | "
-                         f"{seed[side]['bit_identical_rate']:.1%} |")
-        lines.append("")
-    lines += ["## Per-sample losses", "",
-              "| set | format | implementation | bit-identical CPU vs GPU | max ULP distance | "
-              "CPU mean / max ULP error | GPU mean / max ULP error |", "|---|---|---|---|---|---|---|"]
-    for r in s["rows"]:
-        lines.append(
-            f"| {r['set']} | {r['format']} | {r['implementation']} | {r['identical_rate']:.1%} | "
-            f"{r['ulp_distance_max']} | {_fmt(r['cpu']['ulp_error_mean'])} / "
-            f"{_fmt(r['cpu']['ulp_error_max'])} | {_fmt(r['gpu']['ulp_error_mean'])} / "
-            f"{_fmt(r['gpu']['ulp_error_max'])} |")
-    return "\n".join(lines) + "\n"
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    usage = ("usage: python -m precision_lab.studies.cuda inputs INPUTS.npz | compute INPUTS.npz "
-             "GPU.npz [DEVICE] | analyze INPUTS.npz GPU.npz OUT_DIR")
-    if not argv:
-        print(usage, file=sys.stderr)
-        return 2
-    cmd, args = argv[0], [Path(a) for a in argv[1:]]
-    if cmd == "inputs" and len(args) == 1:
-        make_inputs(args[0])
-    elif cmd == "compute" and len(args) in (2, 3):
-        compute(args[0], args[1], str(args[2]) if len(args) == 3 else "cuda")
-    elif cmd == "analyze" and len(args) == 3:
-        analyze(*args)
-    else:
-        print(usage, file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    return publish_study(study, chunks, out_root, extra=extra, force=force, progress=progress,
+                         command=command, t_start=t0)
