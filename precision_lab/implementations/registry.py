@@ -51,6 +51,7 @@ REGISTRY: dict[str, Implementation] = {
         Implementation("scipy", scipy_lse, "scipy.special.logsumexp(x) - x_t"),
     )
 }
+REGISTRY.update(importlib.import_module("precision_lab.implementations.zoo").ZOO_IMPLEMENTATIONS)
 
 
 def _allowed() -> str:
