@@ -627,3 +627,26 @@ def test_zoo_rejects_bad_keywords_and_targets():
         online_softmax(x, np.array([0, 1]), F32, softcap=0.0)
     with pytest.raises(ValueError, match="row 1: target 4 is out of range"):
         kahan(x, np.array([0, 4]), F32)
+
+
+def test_llm_configs_are_valid_once_get_implementation_knows_the_zoo(monkeypatch):
+    """experiments/llm/*.toml name parameterized keys; with resolve_zoo tried first (the hook
+    the registry's get_implementation is to get) they load, and every key resolves."""
+    from pathlib import Path
+
+    import precision_lab.experiment.config as config
+
+    orig = config.get_implementation
+
+    def hooked(key):
+        z = resolve_zoo(key) if isinstance(key, str) else None
+        return z if z is not None else orig(key)
+
+    monkeypatch.setattr(config, "get_implementation", hooked)
+    paths = sorted((Path(__file__).parent.parent / "experiments" / "llm").glob("*.toml"))
+    assert len(paths) >= 2
+    for path in paths:
+        cfg = config.load_config(path)
+        assert cfg.question.strip()
+        for key in cfg.implementations:
+            assert hooked(key).key == key  # canonical spelling in the configs

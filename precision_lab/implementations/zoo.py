@@ -23,10 +23,35 @@ from precision_lab.implementations.llm import (
     resolve_linear,
 )
 
-__all__ = ["ZOO_IMPLEMENTATIONS", "resolve_zoo", "LINEAR_IMPLEMENTATIONS", "resolve_linear"]
+__all__ = ["ZOO_IMPLEMENTATIONS", "resolve_zoo", "LINEAR_IMPLEMENTATIONS", "resolve_linear",
+           "DESIGN"]
 
 ZOO_IMPLEMENTATIONS: dict[str, Implementation] = {
     **LLM_IMPLEMENTATIONS, **JAX_IMPLEMENTATIONS, **COMPILED_IMPLEMENTATIONS}
+
+
+#: The design choice that decides each family's error, one sentence per family (for reports).
+DESIGN: dict[str, str] = {
+    "online_softmax": "one running sum in the working format: V - 1 roundings in a row, and a "
+                      "sum that stops growing once its ulp exceeds the terms (a bfloat16 sum of "
+                      "ones stops at 256); the pairwise form has log2 V",
+    "chunked": "the accumulator format (float32 in Liger) and the chunk boundary: a pairwise "
+               "sum inside each chunk, chunks added one after another with a rescaling each "
+               "time the maximum rises; exp2 adds a rounding of the argument",
+    "kahan": "compensation across blocks: the block sums are added with TwoSum, so the "
+             "across-block error stays about 2u however many blocks; rescalings are not "
+             "compensated",
+    "vocab_parallel": "the shard count and the accumulator format: each shard sums its exp "
+                      "terms (torch's reduction), the shard sums are added in rank order",
+    "fp32_accum": "the accumulator format alone: float32 for every step and one rounding at "
+                  "the end, or only the sum in float32",
+    "jax": "XLA's own fused reduction for log_softmax",
+    "optax": "XLA's own fused reduction, optax's formula",
+    "torch_compile": "inductor's generated reduction (its own order and accumulator); strides "
+                     "change the generated loop",
+    "fused_linear": "the logits' format (rounded to the format, as Liger, or kept in float32, "
+                    "as Cut Cross-Entropy) before the chunked loss",
+}
 
 
 def resolve_zoo(key: str) -> "Implementation | None":

@@ -37,6 +37,7 @@ values (mpmath, seconds per row at V = 262144).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -152,20 +153,22 @@ def _scaled_rows(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     mx = np.max(np.abs(a), axis=1) if a.size else np.zeros(a.shape[0])
     _, E = np.frexp(mx)  # mx < 2**E
     E = np.where(mx > 0, E, 0).astype(np.int64)
-    return np.ldexp(a, -E[:, None]), E
+    # a power of two as a float64 factor (|E| <= 150 for these formats): the product is exact
+    return a * np.ldexp(1.0, -E)[:, None], E
 
 
 def _slices(a: np.ndarray, w: int) -> list[np.ndarray]:
     """Integer slices S_k (|S_k| < 2**w) with a = sum_k S_k 2**(-w (k + 1)) exactly, for
     |a| < 1 (float64)."""
     out = []
-    r = a.copy()
+    r = a
     k = 0
-    while np.any(r != 0):
+    while r.any():
         k += 1
-        q = np.trunc(np.ldexp(r, w * k))
+        up, down = math.ldexp(1.0, w * k), math.ldexp(1.0, -w * k)
+        q = np.trunc(r * up)  # exact scalings by powers of two (no overflow or underflow here)
         out.append(q)
-        r = r - np.ldexp(q, -w * k)  # exact: removes r's leading bits
+        r = r - q * down  # exact: removes r's leading bits
     return out or [np.zeros_like(a)]
 
 
@@ -194,11 +197,10 @@ def exact_product(hidden: np.ndarray, weight: np.ndarray, *, block: int = 8192) 
         raise ValueError(f"hidden must be (B, K) and weight (V, K) with the same K, got "
                          f"{h.shape} and {wt.shape}")
     h64 = h.astype(np.float64)
-    w64 = wt.astype(np.float64)
-    if not (np.isfinite(h64).all() and np.isfinite(w64).all()):
-        raise ValueError("hidden and weight must be finite")
+    if not np.isfinite(h64).all():
+        raise ValueError("hidden must be finite")
     B, K = h64.shape
-    V = w64.shape[0]
+    V = wt.shape[0]
     w = (53 - max(K - 1, 1).bit_length()) // 2
     ah, row_exp = _scaled_rows(h64)
     sh = _slices(ah, w)
@@ -206,7 +208,10 @@ def exact_product(hidden: np.ndarray, weight: np.ndarray, *, block: int = 8192) 
     blocks: list[list[np.ndarray]] = []
     most = 1
     for a in range(0, V, block):
-        aw, ce = _scaled_rows(w64[a:a + block])
+        wb = wt[a:a + block].astype(np.float64)  # one block at a time: O(block K) memory
+        if not np.isfinite(wb).all():
+            raise ValueError("weight must be finite")
+        aw, ce = _scaled_rows(wb)
         col_exp[a:a + block] = ce
         sw = _slices(aw, w)
         most = max(most, len(sw))
