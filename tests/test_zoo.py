@@ -543,6 +543,10 @@ def test_minus_inf_padding_leaves_the_truth_and_the_kernels_unchanged():
         cross_entropy_detailed(x, t, BF16).values.tobytes()
     for key in ("online_softmax", "chunked", "lse", "fp32_accum"):
         assert REGISTRY[key](padded, t, BF16).tobytes() == REGISTRY[key](x, t, BF16).tobytes()
+    # a whole block of -inf pads: shifting by the block's own maximum gives NaN
+    blocks = present(x, "contiguous", 512, "-inf")
+    assert np.all(np.isnan(kahan(blocks, t, BF16).astype(np.float64)))
+    assert chunked(blocks, t, BF16, chunk_size=256).tobytes() == chunked(x, t, BF16).tobytes()
     # a finite pad value is a different problem
     assert not np.array_equal(chunked(present(x, "contiguous", 128, 5.0), t, BF16),
                               chunked(x, t, BF16))
@@ -609,7 +613,7 @@ def test_torch_compile_one_real_compilation():
     for v in (x, present(x, "transposed")):
         out = torch_compile(v, t, F32)
         assert np.all(ulp_error(out, np.array(exact, dtype=object), F32) <= bound)
-    mean = torch_compile(x, t, F32, reduction="mean")
+    mean = REGISTRY["torch_compile"](x, t, F32, reduction="mean")  # checks dtype, shape ()
     with mpmath.workdps(50):
         want = mpmath.fsum(exact) / B
     assert abs(float(mean) - float(want)) <= float(want) * 1e-5

@@ -507,7 +507,12 @@ def kahan(logits: np.ndarray, targets: np.ndarray, fmt: "str | Format", *, block
           label_smoothing: float = 0.0, z_loss: float = 0.0,
           softcap: "float | None" = None) -> np.ndarray:
     """Blockwise lse with compensated accumulation across blocks (module docstring); with
-    ``compensate="off"`` the same blocks and rescaling without the compensation term."""
+    ``compensate="off"`` the same blocks and rescaling without the compensation term.
+
+    Each block is shifted by its own maximum, so a block whose logits are all -inf (a padded
+    vocabulary with -inf pad columns filling a block) gives exp(-inf - -inf) = NaN and a NaN
+    loss, as the blockwise published form would; Liger's update (shift by the running
+    maximum) and the one-pass online softmax are unaffected."""
     _validate_keywords(ignore_index, label_smoothing, z_loss, softcap)
     R = _inputs(logits, targets, fmt, acc, ignore_index, softcap)
     B, V = R.y.shape
@@ -582,7 +587,7 @@ def as_tensor(a: np.ndarray, device: str = "cpu"):  # -> torch.Tensor
 def _from_tensor(t, f: Format) -> np.ndarray:
     """Round a torch tensor's values once into f (exact widening to float64 first)."""
     a = t.detach().cpu().double().numpy()
-    return round_float64_array(a, f)
+    return np.asarray(round_float64_array(a, f))  # a 0-d result stays an array
 
 
 def _shards(V: int, degree: int) -> list[tuple[int, int]]:

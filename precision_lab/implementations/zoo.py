@@ -14,21 +14,36 @@
 from __future__ import annotations
 
 from precision_lab.implementations.base import Implementation
-from precision_lab.implementations.compiled import COMPILED_IMPLEMENTATIONS
+from precision_lab.implementations.compiled import COMPILED_IMPLEMENTATIONS, torch_compile_grad
 from precision_lab.implementations.jax_impls import JAX_IMPLEMENTATIONS
 from precision_lab.implementations.llm import (
+    GRADIENTS,
     LINEAR_IMPLEMENTATIONS,
     LLM_IMPLEMENTATIONS,
+    LOSS_KEYWORDS,
     resolve,
     resolve_linear,
 )
 
 __all__ = ["ZOO_IMPLEMENTATIONS", "resolve_zoo", "LINEAR_IMPLEMENTATIONS", "resolve_linear",
-           "DESIGN"]
+           "DESIGN", "ZOO_KEYWORDS", "ZOO_GRADIENTS"]
 
 ZOO_IMPLEMENTATIONS: dict[str, Implementation] = {
     **LLM_IMPLEMENTATIONS, **JAX_IMPLEMENTATIONS, **COMPILED_IMPLEMENTATIONS}
 
+
+#: The loss keywords each zoo family takes (names of numerics.semantics' KEYWORDS), for
+#: ``Capabilities.keywords`` once capabilities carry them.
+ZOO_KEYWORDS: dict[str, frozenset[str]] = {
+    **LOSS_KEYWORDS,
+    "torch_compile": frozenset({"weight", "ignore_index", "label_smoothing"}),
+    "jax": frozenset(), "optax": frozenset(),
+}
+
+#: Gradient functions ``(logits, targets, fmt, *, reduction, **params, **keywords)`` of the
+#: families whose published form computes one (bind a key's parameters with
+#: functools.partial, as the loss functions are bound).
+ZOO_GRADIENTS = {**GRADIENTS, "torch_compile": torch_compile_grad}
 
 #: The design choice that decides each family's error, one sentence per family (for reports).
 DESIGN: dict[str, str] = {
