@@ -26,6 +26,7 @@ from precision_lab.implementations import (
     get_implementation,
     pairwise_sum,
 )
+from precision_lab.implementations.zoo import ZOO_IMPLEMENTATIONS
 from precision_lab.numerics.formats import get_format, round_float64_array, round_to
 from precision_lab.numerics.metrics import ulp_distance, ulp_error
 
@@ -68,10 +69,12 @@ def correctly_rounded(x: np.ndarray, t: np.ndarray, fmt: str) -> np.ndarray:
 # -- seed example ------------------------------------------------------------------------
 
 
-def test_seed_registry_has_the_ten_keys():
+def test_registry_has_the_classic_and_zoo_keys():
+    zoo = {"online_softmax", "chunked", "kahan", "vocab_parallel", "fp32_accum", "jax", "optax",
+           "torch_compile"}
     assert set(KEYS) == {"naive", "naive_softmax", "lse", "lse_log1p", "torch",
                          "torch_logsoftmax_nll", "torch_manual", "scipy", "torch_upcast",
-                         "torch_autocast"}
+                         "torch_autocast"} | zoo
     assert set(STEPWISE) == set(STEP_ORDER)
     for k, impl in REGISTRY.items():
         assert impl.key == k and impl.description and "\n" not in impl.description
@@ -153,12 +156,16 @@ def test_float16_naive_finite_below_the_exp_threshold():
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("V,B", [(10, 60), (100, 12), (1000, 3)])
 def test_random_moderate_inputs_within_a_few_ulps(fmt, V, B):
-    """Logits uniform in [-2, 2]: losses near log V, no cancellation; measured max 3 ulps."""
+    """Logits uniform in [-2, 2]: losses near log V, no cancellation; measured max 3 ulps.
+    (The LLM zoo is held to its derived bounds in test_zoo.py: a running sum in the format,
+    as the sequential online softmax keeps, loses more.)"""
     rng = np.random.default_rng(1000 + V)
     x = as_fmt(rng.uniform(-2, 2, (B, V)), fmt)
     t = rng.integers(0, V, B)
     exact = exact_losses(x, t)
     for key, impl in REGISTRY.items():
+        if key in ZOO_IMPLEMENTATIONS:
+            continue
         err = ulp_error(impl(x, t, fmt), exact, fmt)
         assert np.all(err <= 4.0), (key, fmt, V, float(np.max(err)))
 

@@ -70,6 +70,7 @@ from precision_lab.experiment.inputs import (
     apply_loss_inputs,
 )
 from precision_lab.implementations import REGISTRY, get_implementation
+from precision_lab.implementations.registry import default_keys
 from precision_lab.numerics.formats import FORMAT_NAMES, get_format
 
 __all__ = [
@@ -321,9 +322,25 @@ def format_names(cfg: ExperimentConfig) -> list[str]:
 
 
 def implementation_keys(cfg: ExperimentConfig) -> list[str]:
+    """The experiment's implementation keys, canonical (parameters in declaration order,
+    defaults left out); "all" is every registered key whose optional extra is installed."""
     if cfg.implementations == "all":
-        return list(REGISTRY)
-    return list(dict.fromkeys(cfg.implementations))
+        return default_keys()
+    return list(dict.fromkeys(_canonical(k) for k in cfg.implementations))
+
+
+def _canonical(key: str) -> str:
+    try:
+        return get_implementation(key).key
+    except ValueError:
+        return key
+
+
+def compare_keys(cfg: ExperimentConfig) -> "tuple[str, str, float] | None":
+    """The ``[compare]`` pair as canonical implementation keys, with its tolerance."""
+    if cfg.compare is None:
+        return None
+    return _canonical(cfg.compare.a), _canonical(cfg.compare.b), cfg.compare.abs_tol
 
 
 def compare_formats(cfg: ExperimentConfig) -> list[str]:
@@ -443,7 +460,7 @@ def _check(cfg: ExperimentConfig, path: Path) -> None:
     if cfg.compare is not None:
         for side in ("a", "b"):
             v = getattr(cfg.compare, side)
-            if v not in impls:
+            if _canonical(v) not in impls:
                 raise ConfigError(path, f"compare.{side}",
                                   f"{v!r} is not one of this experiment's implementations", impls)
         if not (cfg.compare.abs_tol >= 0 and math.isfinite(cfg.compare.abs_tol)):
@@ -539,6 +556,7 @@ def resolved_config(cfg: ExperimentConfig) -> dict:
     d["implementations"] = implementation_keys(cfg)
     if cfg.compare is not None:
         d["compare"]["formats"] = compare_formats(cfg)
+        d["compare"]["a"], d["compare"]["b"], _ = compare_keys(cfg) or ("", "", 0.0)
     d["inputs"].update(cfg.inputs.resolved(source_of(cfg).parent))
     d["sweep_axes"] = sweep_axes(cfg)
     return d

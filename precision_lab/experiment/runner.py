@@ -45,6 +45,7 @@ from precision_lab.experiment.config import (
     ExperimentConfig,
     SweepPoint,
     compare_formats,
+    compare_keys,
     config_hash,
     format_names,
     generate,
@@ -173,7 +174,7 @@ def compute_chunk(cfg: ExperimentConfig, point: SweepPoint, fmt: str,
                                keywords=keywords, quantity=q) for q in quantities(cfg)}
     cmp = None
     if cfg.compare is not None and get_format(fmt).name in compare_formats(cfg):
-        cmp = (cfg.compare.a, cfg.compare.b, cfg.compare.abs_tol)
+        cmp = compare_keys(cfg)
     tables = chunk_tables(point.index, dict(point.swept), fmt, measurements, x, t,
                           cfg.reduction, cmp)
     return tables, x, t, keywords.get("weight")
@@ -472,7 +473,8 @@ def _run_locked(cfg: ExperimentConfig, out_root: Path, target: Path, state: str,
         del cached
         cmp = None
         if cfg.compare is not None:
-            cmp = (cfg.compare.a, cfg.compare.b, cfg.compare.abs_tol, compare_formats(cfg))
+            a, b, tol = compare_keys(cfg) or ("", "", 0.0)
+            cmp = (a, b, tol, compare_formats(cfg))
         inputs_keys = [k + suffix for _, _, k in keys for suffix in ("", ".targets", ".weight")]
         manifest, run_info = publish(out_root, manifest, run_info, chunks,
                                      reduction=cfg.reduction, compare=cmp,

@@ -193,10 +193,13 @@ def _is_torch(a: Any) -> bool:
 
 def to_torch(a: np.ndarray, device: str = "cpu"):  # -> torch.Tensor
     """A torch tensor on ``device`` sharing ``a``'s data where possible (ml_dtypes.bfloat16
-    through an int16 view, giving torch.bfloat16); the values are not changed."""
+    through an int16 view, giving torch.bfloat16), with ``a``'s strides (a transposed or
+    strided view reaches torch as such); the values are not changed."""
     import torch
 
-    a = np.ascontiguousarray(a)
+    a = np.asarray(a)
+    if any(st < 0 or st % a.itemsize for st in a.strides):
+        a = np.ascontiguousarray(a)  # torch takes non-negative element strides only
     if a.dtype == get_format("bfloat16").np_dtype:
         t = torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
     else:

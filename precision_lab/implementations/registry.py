@@ -40,7 +40,8 @@ from precision_lab.implementations.torch_impls import (
 )
 from precision_lab.numerics.semantics import KEYWORDS
 
-__all__ = ["REGISTRY", "PARAMETERS", "get_implementation", "parse_key"]
+__all__ = ["REGISTRY", "PARAMETERS", "EXTRAS", "default_keys", "extra_installed",
+           "get_implementation", "parse_key"]
 
 _NUMPY = Capabilities(trace=True)
 _NUMPY_SEM = Capabilities(trace=True, gradient=True, keywords=KEYWORDS)
@@ -79,13 +80,44 @@ REGISTRY: dict[str, Implementation] = {
                        _TORCH_SEM, torch_autocast_grad),
     )
 }
+_zoo = importlib.import_module("precision_lab.implementations.zoo")
+REGISTRY.update(_zoo.ZOO_IMPLEMENTATIONS)
 
 
 #: Parameters an implementation key may carry, ``"key(name=value, ...)"``: per base key, a
 #: function (implementation, params) -> implementation that applies the ones it knows and
-#: raises ValueError for the others.  ``reduce=`` applies to every key (see
+#: raises ValueError for the others; the implementation it returns carries the canonical key
+#: of those parameters.  ``reduce=`` applies to every key (see
 #: :attr:`Implementation.reduce_method`).
-PARAMETERS: dict[str, Callable[[Implementation, dict[str, str]], Implementation]] = {}
+def _zoo_parameters(impl: Implementation, params: dict[str, str]) -> Implementation:
+    """A zoo family's key with parameters (checked by the zoo, which names a bad one)."""
+    text = impl.key + "(" + ", ".join(f"{k}={v}" for k, v in params.items()) + ")"
+    out = _zoo.resolve_zoo(text)
+    if out is None:  # pragma: no cover - every family resolves
+        raise ValueError(f"implementation {text!r} cannot be resolved")
+    return out
+
+
+PARAMETERS: dict[str, Callable[[Implementation, dict[str, str]], Implementation]] = {
+    family: _zoo_parameters for family in _zoo.FAMILIES}
+
+#: The packages each optional extra provides (``pip install precision-lab[extra]``).
+EXTRAS: dict[str, tuple[str, ...]] = {"jax": ("jax", "optax"), "cluster": ("distributed",)}
+
+
+def extra_installed(extra: "str | None") -> bool:
+    """Whether the optional dependency group ``extra`` is importable here (None: always)."""
+    if extra is None:
+        return True
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in EXTRAS.get(extra, (extra,)))
+
+
+def default_keys() -> list[str]:
+    """What ``implementations = "all"`` means: every registered key whose optional extra is
+    installed here (the resolved config records the list)."""
+    return [k for k, impl in REGISTRY.items() if extra_installed(impl.capabilities.extra)]
 
 _KEY = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*\((.*)\)\s*$")
 
@@ -126,8 +158,12 @@ def _with_params(base: Implementation, text: str, params: dict[str, str]) -> Imp
             raise ValueError(f"implementation {text!r}: reduce={method!r}; allowed: "
                              f"{', '.join(allowed)}")
         impl = dataclasses.replace(impl, reduce_method=method)
-    canonical = base.key + "(" + ", ".join(f"{k}={v}" for k, v in params.items()) + ")"
-    return dataclasses.replace(impl, key=canonical)
+    if method is None:
+        return impl if rest else dataclasses.replace(impl, key=base.key)
+    key = impl.key if rest else base.key
+    key = (key[:-1] + f", reduce={method})" if key.endswith(")")
+           else key + f"(reduce={method})")
+    return dataclasses.replace(impl, key=key)
 
 
 def _allowed() -> str:
