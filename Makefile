@@ -12,6 +12,9 @@ STAMP := $(VENV)/.installed
 EXPERIMENTS := experiments/seed_question.toml experiments/seed_81_percent.toml
 EXPERIMENTS += experiments/overflow_logit_scale.toml experiments/cancellation_margin.toml \
                experiments/classes_sweep.toml experiments/formats_side_by_side.toml
+EXPERIMENTS += experiments/label_smoothing.toml experiments/ignore_index_padding.toml \
+               experiments/class_weights.toml experiments/zloss_softcap.toml \
+               experiments/gradients_half.toml experiments/batch_reduction.toml
 RUN_FLAGS ?= --force
 
 .PHONY: run test lint venv clean-results

@@ -111,6 +111,9 @@ def run_command(
                                                  "(tcp://HOST:PORT) to compute the chunks on "
                                                  "(needs precision-lab[cluster]); the tables "
                                                  "are the same as a local run's."),
+    connect_timeout: float = typer.Option(30.0, "--connect-timeout", min=0.1,
+                                          help="Seconds to wait for the --scheduler before "
+                                               "giving up."),
 ) -> None:
     """Run experiments and write <out>/<name>/ (tables, plots, manifest, report).
 
@@ -149,7 +152,7 @@ def run_command(
     stages = {"compute": 0.0, "report": 0.0}
     command = " ".join(["precision-lab", *sys.argv[1:]])
     try:
-        with open_executor(workers, scheduler) as executor:
+        with open_executor(workers, scheduler, timeout=connect_timeout) as executor:
             for cfg in cfgs:
                 res = _run_one(cfg, out, force, resume, progress, command, executor, configs)
                 for k in stages:

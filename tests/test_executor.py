@@ -48,5 +48,6 @@ def test_an_unreachable_scheduler_is_one_line(tiny_config, tmp_path):
         with open_executor(scheduler="tcp://127.0.0.1:9", timeout=2):
             pass
     r = CliRunner().invoke(app, ["run", "--out", str(tmp_path), "--scheduler",
-                                 "tcp://127.0.0.1:9", str(tiny_config)])
+                                 "tcp://127.0.0.1:9", "--connect-timeout", "2",
+                                 str(tiny_config)])
     assert r.exit_code == 2 and "cannot reach the Dask scheduler" in r.output
