@@ -63,7 +63,7 @@ def test_every_failing_row_is_listed_with_its_numbers():
             e = abs(mpmath.mpf(float(vals[i])) - exact[i]) / ulp_in_binade(exact[i], 11, f.emin)
         got = float(re.search(r"\(([0-9.e+]+) ULP", line).group(1))
         assert got == pytest.approx(float(e), rel=1e-3)
-        assert f"=> {vals[i]} != " in line and f"target {t[i]}" in line
+        assert f"=> {str(vals[i])} != " in line and f"target {t[i]}" in line
     assert "worst: row 40, " in lines[0]
 
 
