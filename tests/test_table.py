@@ -49,22 +49,25 @@ def test_the_table_marks_each_cell_and_show_reads_it(table):
     res = open_results(table)  # every file's sha256 checked
     assert res.manifest.kind == "table" and res.manifest.status == "complete"
     rows = list(csv.DictReader((table / "accuracy_table.csv").open()))
-    cells = {(r["implementation"], r["format"], int(r["classes"])): r for r in rows}
-    assert len(cells) == 2 * 2 * 2
-    # float16 V=2 comes from the slice (an upper bound over it), the rest from searches
+    cells = {(r["implementation"], r["format"], int(r["classes"]), r["bound"]): r
+             for r in rows}
+    # every implementation x format x V is searched (a lower bound); the slice, which covers
+    # only part of the float16 pairs, adds its upper bound over that part
+    assert len(rows) == len(cells) == 2 * 2 * 2 + 2
     for im in ("lse", "torch"):
-        assert cells[(im, "float16", 2)]["bound"] == "upper"
-        assert cells[(im, "float16", 6)]["bound"] == "lower"
-        assert cells[(im, "float32", 2)]["bound"] == "lower"
+        assert (im, "float16", 2, "upper") in cells
+        for fm in ("float16", "float32"):
+            for V in (2, 6):
+                assert (im, fm, V, "lower") in cells
     md = (table / "accuracy_table.md").read_text()
     assert "(E)" in md and "(S)" in md and "f16_small: 122,888 problems" in md
     # the slice's cell agrees with the slice folder it was read from
     sl = json.loads((table.parent / ".work" / "f16_small" / "slice.json").read_text())
     for im in ("lse", "torch"):
-        assert float(cells[(im, "float16", 2)]["max_ulp_error"]) == \
+        assert float(cells[(im, "float16", 2, "upper")]["max_ulp_error"]) == \
             sl["implementations"][im]["max_ulp_error"]
     # every listed input reproduces its error through explain
-    c = cells[("torch", "float16", 6)]
+    c = cells[("torch", "float16", 6, "lower")]
     r = runner.invoke(app, ["explain", "--logits", c["logits"].replace(" ", ","), "--target",
                             c["target"], "--format", "float16", "--json", "--no-attribution"],
                       catch_exceptions=False)
@@ -82,6 +85,21 @@ def test_the_table_is_reproducible(table, tmp_path):
     assert r.exit_code == 0, r.output
     for f in ("accuracy_table.csv", "accuracy_table.md", "summary.json"):
         assert (tmp_path / "tiny_table" / f).read_bytes() == (table / f).read_bytes(), f
+
+
+def test_a_slice_left_incomplete_by_the_budget_is_searched_and_named(tmp_path):
+    cfg = tmp_path / "t.toml"
+    cfg.write_text('name = "t"\nimplementations = ["lse"]\nformats = ["float16"]\n'
+                   'classes = [2]\nrounds = 1\n[[slice]]\nname = "whole"\n'
+                   'format = "float16"\nimplementations = ["lse"]\nlogits = ["all", "all"]\n')
+    r = runner.invoke(app, ["table", "--config", str(cfg), "--out", str(tmp_path), "--quiet",
+                            "--budget", "0.000001"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert "slices left incomplete" in r.output and "whole (0 of 481 chunks)" in r.output
+    rows = list(csv.DictReader((tmp_path / "t" / "accuracy_table.csv").open()))
+    assert [(x["implementation"], x["classes"], x["bound"]) for x in rows] == \
+        [("lse", "2", "lower")]
+    assert "whole (0 of 481 chunks)" in (tmp_path / "t" / "accuracy_table.md").read_text()
 
 
 def test_a_bad_table_config_is_one_line(tmp_path):

@@ -257,8 +257,9 @@ def table_command(
     Each cell is marked exhaustive (the proven maximum over every input of a slice: an upper
     bound there) or searched (the worst input found: a lower bound), with the input that
     reaches it. Writes <out>/<name>/ (accuracy_table.md, .csv, .json, summary, manifest;
-    precision-lab show reads it) once every slice is complete; slices and searches keep their
-    chunks under --work, so an interrupted table continues when rerun.
+    precision-lab show reads it). Slices and searches keep their chunks under --work, so an
+    interrupted table continues when rerun; with --budget, slices still incomplete when it
+    ends are searched instead (and continued by the next run).
 
     Example: precision-lab table --workers 0
     """
@@ -271,12 +272,11 @@ def table_command(
             res = build_table(spec, work or out / ".work", executor=ex, workers=n,
                               budget=budget,
                               progress=None if quiet else (lambda m: typer.echo(m, err=True)))
-        if res.missing:
-            typer.echo(f"not written yet: slice(s) {', '.join(res.missing)} incomplete; rerun "
-                       "the same command to continue")
-            return
         path = write_table(res, out, finalize=_report_md)
     typer.echo(f"{len(res.cells)} cells -> {path}/accuracy_table.md")
+    if res.missing:
+        typer.echo(f"slices left incomplete (their cells were searched instead; rerun to "
+                   f"continue them): {'; '.join(res.missing)}")
 
 
 def _report_md(results: Any) -> None:

@@ -48,7 +48,8 @@ from precision_lab.search.exhaustive import SliceResult, SliceSpec, parse_slice,
 from precision_lab.search.summary import summary_row, write_summary
 from precision_lab.search.worst import SearchResult, SearchSpec, default_name, run_search
 
-__all__ = ["TableSpec", "Cell", "TableResult", "default_spec", "load_table_config",
+__all__ = ["TableSpec", "Cell", "TableResult", "SLICE_IMPLEMENTATIONS", "default_spec",
+           "load_table_config",
            "build_table", "write_table", "markdown", "csv_rows", "summary_rows"]
 
 _NONFINITE = ("overflow", "nan", "missed_inf")
@@ -73,13 +74,24 @@ class TableSpec:
                 "slices": [s.to_dict() for s in self.slices]}
 
 
+#: The implementations the committed two-class slices enumerate together (one pass over the
+#: pairs serves them all); an implementation registered later gets a slice of its own, so the
+#: finished slices stay valid.
+SLICE_IMPLEMENTATIONS: tuple[str, ...] = ("naive", "naive_softmax", "lse", "lse_log1p", "torch",
+                                          "torch_logsoftmax_nll", "torch_manual", "scipy")
+
+
 def default_spec() -> TableSpec:
     """Every registered implementation in every format at V = 2, 10 and 1024 (16 search rounds
     each, seed 0), and the two-class slices over every float16 and bfloat16 pair, target 0."""
     impls = tuple(REGISTRY)
-    slices = tuple(SliceSpec(f"{fm}_pairs_t0", fm, impls).resolved()
-                   for fm in ("float16", "bfloat16"))
-    return TableSpec(implementations=impls, slices=slices)
+    base = tuple(k for k in SLICE_IMPLEMENTATIONS if k in REGISTRY)
+    slices = []
+    for fm in ("float16", "bfloat16"):
+        slices.append(SliceSpec(f"{fm}_pairs_t0", fm, base).resolved())
+        slices += [SliceSpec(f"{fm}_pairs_t0_{k}", fm, (k,)).resolved()
+                   for k in impls if k not in base]
+    return TableSpec(implementations=impls, slices=tuple(slices))
 
 
 def load_table_config(path: "str | Path") -> TableSpec:
@@ -171,7 +183,7 @@ class Cell:
 class TableResult:
     spec: TableSpec
     cells: list[Cell]
-    missing: list[str] = field(default_factory=list)  # slices still incomplete
+    missing: list[str] = field(default_factory=list)  # slices left incomplete (searched)
     seconds: float = 0.0
 
 
@@ -218,9 +230,10 @@ def build_table(spec: TableSpec, work: "str | Path", *, executor: Any = None,
                 progress: "Callable[[str], None] | None" = None) -> TableResult:
     """Run or continue every slice and search of ``spec`` under ``work`` and collect the cells.
 
-    Slices come first; with ``budget`` (seconds) the slices stop taking new chunks after it
-    (rerun to continue) and the table is written only when every slice is complete.  Searched
-    cells: every implementation x format x V of the spec that no complete slice covers."""
+    Slices come first.  With ``budget`` (seconds) the slices take no new chunk after it; a
+    slice left incomplete is listed in ``missing`` (rerun to continue it) and its cells are
+    searched instead.  A complete slice over every pair of a format (logits "all") stands for
+    its V = 2 cells; a narrower slice adds its cells next to the searched ones."""
     import time
 
     t0 = time.perf_counter()
@@ -233,16 +246,17 @@ def build_table(spec: TableSpec, work: "str | Path", *, executor: Any = None,
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
         r = run_slice(s, work, executor=executor, workers=workers, budget=left)
         say(f"slice {s.name}: {r.chunks_done}/{s.chunks} chunks"
-            + ("" if r.complete else " (incomplete: rerun to continue)"))
+            + ("" if r.complete else " (incomplete: its cells are searched; rerun to "
+               "continue it)"))
         if not r.complete:
-            missing.append(s.name)
+            missing.append(f"{s.name} ({r.chunks_done} of {s.chunks} chunks)")
             continue
+        whole = all(a == "all" for a in s.logits)
         for c in _slice_cells(r):
             if c.implementation in spec.implementations and c.format in spec.formats:
                 cells.append(c)
-                covered.add((c.implementation, c.format, c.classes))
-    if missing:
-        return TableResult(spec, cells, missing, time.perf_counter() - t0)
+                if whole:
+                    covered.add((c.implementation, c.format, c.classes))
     for fm in spec.formats:
         for impl in spec.implementations:
             for V in spec.classes:
@@ -253,7 +267,7 @@ def build_table(spec: TableSpec, work: "str | Path", *, executor: Any = None,
                                 workers=workers)
                 say(f"search {impl} {fm} V={V}: {r2.max_ulp_error}")
                 cells.append(_search_cell(r2))
-    return TableResult(spec, cells, [], time.perf_counter() - t0)
+    return TableResult(spec, cells, missing, time.perf_counter() - t0)
 
 
 # --------------------------------------------------------------------------- rendering
@@ -350,6 +364,9 @@ def markdown(res: TableResult) -> str:
             f"{name}: {covers}" for name, covers in dict.fromkeys(
                 (c.source, c.covers) for c in slices)) + ". Their maxima are certified "
             "errors of inputs within 2**(p-37) ULP of the true maximum (p the precision)."]
+    if res.missing:
+        lines += ["", "Slices left incomplete (their cells are searched here): "
+                  + "; ".join(res.missing) + "."]
     lines += ["", "Exact inputs (every logit as a float64 that holds the format's value "
               "exactly) are in accuracy_table.csv and accuracy_table.json; "
               "`precision-lab explain --logits \"...\" --target T --format F` replays one.", ""]
