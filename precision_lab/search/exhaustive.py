@@ -16,14 +16,20 @@ is rounded once, which moves L by at most 2**-52 |d| relative for |d| <= 745 and
 2**-1074 absolute beyond; numpy's float64 exp and log1p are within 4 ulps, the reference's
 assumption too).  So the approximate ULP error |c - L^| / ulp(L^) is within
 ``margin = 2**(p - 38)`` ULP of the true one (p the format's precision) wherever L^ lies in
-L's binade.  Every row where that is not certain -- L^ within a relative 2**-38 of a power of
-two or of the overflow threshold, or an approximate error within the margin of a histogram
-edge (0.5, 1, 2, 4, ...) -- goes to the certified reference
+L's binade.  Where the gap d > 0 is exact and t = log1p(exp(-d)) is below 2**-30 ulp, L = d + t
+sits a hair above d, and d is often exactly a rounding midpoint (d = 8844 between the float16
+neighbours 8840 and 8848; L = 8844 + e**-8844 rounds up): such rows are decided exactly, on
+r = |c - d| - E ulp (exact) for the histogram edge E nearest the error and the sign of t.
+Every other row where the float64 truth cannot decide -- L^ within a relative 2**-38 of a
+power of two or of the overflow threshold, an approximate error within the margin of a
+histogram edge (0.5, 1, 2, 4, ...) -- goes to the certified reference
 (:func:`precision_lab.experiment.measure.measure`), as do the rows with an infinite logit and the
-worst rows of each chunk.  Hence: the correctly rounded counts and the histogram are exact,
-and the maximum is the certified error of a row whose error is within ``2 * margin`` ULP of the
-slice's true maximum (``max_ulp_error_certified_to``).  Slices of more than two classes use
-the certified reference for every row.
+worst rows of each chunk.  Hence the correctly rounded counts are exact, the histogram is exact
+up to rows the reference decided whose error lies within 2**-100 relative of an edge >= 1
+(binned by the float64 error of its certified double-double), and the maximum is the
+certified error of a row whose error is within ``2 * margin`` ULP of the slice's true maximum
+(``max_ulp_error_certified_to``).  Slices of more than two classes use the certified
+reference for every row.
 
 Chunks are blocks of the first logit's values (every combination of the other logits each),
 so a slice runs on an executor and continues after an interruption

@@ -18,7 +18,7 @@ A table config (TOML) may set every field of :class:`TableSpec`::
     implementations = "all"              # or a list of keys / import paths
     formats = "all"                      # or a list
     classes = [2, 10, 1024]              # V of the searched cells
-    rounds = 16                          # rounds per search
+    rounds = 32                          # rounds per search
     seed = 0
 
     [[slice]]                            # exhaustive slices (see precision_lab.search.exhaustive)
@@ -63,7 +63,7 @@ class TableSpec:
     implementations: tuple[str, ...] = tuple(REGISTRY)
     formats: tuple[str, ...] = tuple(FORMATS)
     classes: tuple[int, ...] = (2, 10, 1024)
-    rounds: int = 16
+    rounds: int = 32
     seed: int = 0
     slices: tuple[SliceSpec, ...] = ()
 
@@ -82,7 +82,7 @@ SLICE_IMPLEMENTATIONS: tuple[str, ...] = ("naive", "naive_softmax", "lse", "lse_
 
 
 def default_spec() -> TableSpec:
-    """Every registered implementation in every format at V = 2, 10 and 1024 (16 search rounds
+    """Every registered implementation in every format at V = 2, 10 and 1024 (32 search rounds
     each, seed 0), and the two-class slices over every float16 and bfloat16 pair, target 0."""
     impls = tuple(REGISTRY)
     base = tuple(k for k in SLICE_IMPLEMENTATIONS if k in REGISTRY)
