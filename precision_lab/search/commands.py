@@ -165,8 +165,8 @@ def exhaustive_command(
                                                    "default: every registered one)."),
     target: int = typer.Option(0, "--target", "-t", min=0, max=1, help="Target class, 0 or 1."),
     config: Optional[Path] = typer.Option(None, "--config", "-c",
-                                          help="A table config whose [[slice]] tables name the "
-                                               "slices to run (instead of --format)."),
+                                          help="A table config (TOML) whose slice tables name "
+                                               "the slices to run (instead of --format)."),
     out: Path = typer.Option(Path("results/exhaustive"), "--out", "-o",
                              help="Folder that receives one folder per slice."),
     workers: int = _WORKERS,
