@@ -572,6 +572,21 @@ def cuda_analyze_command(
     _study_done(path, quiet)
 
 
+# --------------------------------------------------------------------------- search, table
+
+from precision_lab.search.commands import (  # noqa: E402
+    exhaustive_command,
+    search_command,
+    table_command,
+    tolerance_command,
+)
+
+app.command("search")(search_command)
+app.command("exhaustive")(exhaustive_command)
+app.command("table")(table_command)
+app.command("tolerance")(tolerance_command)
+
+
 def main() -> None:  # pragma: no cover - console entry
     """Console entry: the app, with any unexpected error as one line and exit code 1."""
     try:
