@@ -25,7 +25,7 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): pyproject.toml constraints.txt | $(BIN)/python
-	$(BIN)/python -m pip install -c constraints.txt -e '.[test,jax]'
+	$(BIN)/python -m pip install -c constraints.txt -e '.[test,jax,cluster]'
 	touch $(STAMP)
 
 run: $(STAMP)

@@ -190,12 +190,23 @@ def _run_one(cfg: Any, out: Path, force: bool, resume: bool, progress: Any, comm
               f"{out / cfg.name / 'partial'}; rerun with --resume", 1)
 
 
+def _mib(rss: dict[str, float]) -> str:
+    """Peak RSS record -> "812 MiB (this process), 1,203 MiB (largest worker)"."""
+    text = f"{rss.get('process', 0):,.0f} MiB (this process)"
+    if rss.get("workers"):
+        text += f", {rss['workers']:,.0f} MiB (largest worker)"
+    return text
+
+
 def _say_done(cfg: Any, res: Any) -> None:
     c = res.manifest.counts
     extra = f", {res.resumed_chunks} chunk(s) resumed" if res.resumed_chunks else ""
     typer.echo(f"{cfg.name}: {c.get('logit_rows', 0):,} logit rows, "
                f"{c.get('evaluations', 0):,} evaluations ({c.get('implementations')} "
                f"implementations x {c.get('formats')} formats){extra} -> {res.path}")
+    rss = res.run_info.peak_rss_mib
+    if rss:
+        typer.echo(f"  peak memory {_mib(rss)}")
     if res.stale_lock:
         typer.echo(f"  note: a stale lock of a run that died (pid {res.stale_lock.get('pid')}, "
                    f"started {res.stale_lock.get('started_at')}) was found and replaced")
@@ -340,6 +351,13 @@ def show_command(
         con.print("\nPlots:")
         for p in m.plots:
             con.print(f"  {results_dir / p}")
+    info = res.run_info()
+    if info is not None and info.stage_seconds:
+        con.print(f"\nLast run: {info.finished_at}, compute "
+                  f"{_seconds(info.stage_seconds.get('compute', 0.0))}, report "
+                  f"{_seconds(info.stage_seconds.get('report', 0.0))}"
+                  + (f", peak memory {_mib(info.peak_rss_mib)}" if info.peak_rss_mib else "")
+                  + f" (from {results_dir / 'run.json'})")
     report = results_dir / "report.html"
     con.print(f"Report: {results_dir / 'report.md'}  {report}")
     if open_report:

@@ -12,7 +12,8 @@ import pytest
 from oracles import ulp_in_binade
 
 from precision_lab.experiment.errors import ComputeError
-from precision_lab.implementations import REGISTRY, get_implementation
+from precision_lab.implementations import get_implementation
+from precision_lab.implementations.registry import default_keys
 from precision_lab.numerics.formats import get_format
 from precision_lab.numerics.metrics import categorize
 from precision_lab.search import exhaustive as ex
@@ -70,14 +71,14 @@ def _values(fmt: str, n: int, seed: int) -> list[float]:
 def test_a_small_slice_equals_brute_force_from_the_definition(fmt):
     a0 = _values(fmt, 14, 1)[:18]
     a1 = _values(fmt, 24, 2)
-    spec = SliceSpec("bf", fmt, tuple(REGISTRY), ({"values": a0}, {"values": a1}), 0,
+    spec = SliceSpec("bf", fmt, tuple(default_keys()), ({"values": a0}, {"values": a1}), 0,
                      block=5).resolved()
     res = merge_chunks(spec, [slice_chunk(spec.to_dict(), i) for i in range(spec.chunks)])
     assert res.complete and res.rows_done == spec.rows
     x0, x1 = axis_values(spec.logits[0], fmt), axis_values(spec.logits[1], fmt)
     X = np.stack([np.repeat(x0, x1.size), np.tile(x1, x0.size)], axis=1)
     T = np.zeros(len(X), dtype=np.int64)
-    for key in REGISTRY:
+    for key in default_keys():
         c = get_implementation(key)(X, T, fmt).astype(np.float64)
         cats: dict[str, int] = {}
         hist = [0] * (len(ex.HIST_EDGES) + 1)

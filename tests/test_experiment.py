@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -319,3 +320,24 @@ def test_every_metric_column_against_an_independent_oracle(tiny_config, tmp_path
         assert abs(cols["relative_error"][i] - rel) <= slack / float(abs(exact)) + 1e-300
         checked += 1
     assert checked >= 60  # 72 rows; scale 30 may overflow naive in float16
+
+
+def _proc_status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
+def test_run_json_records_the_peak_memory(tiny_config, tmp_path):
+    """The recorded peak lies between the kernel's resident size before the run and its
+    high-water mark after it (VmRSS / VmHWM from /proc, an independent account)."""
+    before = _proc_status_kib("VmRSS") / 1024
+    res = run_experiment(load_config(tiny_config), tmp_path / "out", finalize=_report)
+    after = _proc_status_kib("VmHWM") / 1024
+    peak = res.run_info.peak_rss_mib
+    assert set(peak) == {"process", "workers"}
+    assert before - 1 <= peak["process"] <= after + 1
+    assert "peak_rss_mib" in (res.path / "run.json").read_text()
+    assert "peak" not in (res.path / "manifest.json").read_text()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import platform
+import resource
 import socket
 import subprocess
 from pathlib import Path
@@ -46,6 +47,17 @@ def environment(device: str = "cpu") -> dict[str, Any]:
     if device.startswith("cuda") and torch.cuda.is_available():
         env["cuda_device_name"] = torch.cuda.get_device_name(device)
     return env
+
+
+def peak_rss_mib() -> dict[str, float]:
+    """Peak resident memory so far, in MiB (2**20 bytes): ``process`` is this process's
+    high-water mark, ``workers`` the largest of its finished child processes' (local workers;
+    0 when none ran; a Dask cluster's workers are not seen).  Linux and macOS report
+    ``ru_maxrss`` in KiB and bytes respectively."""
+    unit = 2.0 ** 20 if platform.system() == "Darwin" else 2.0 ** 10
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * unit / 2 ** 20
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * unit / 2 ** 20
+    return {"process": round(own, 1), "workers": round(kids, 1)}
 
 
 def platform_info() -> dict[str, str]:

@@ -101,6 +101,8 @@ class RunInfo:
         chunk_seconds: wall seconds per computed chunk.
         platform: system, release, machine, processor, python implementation, host name.
         git: {"commit", "dirty"} of the package's checkout, when it is one.
+        peak_rss_mib: peak resident memory in MiB when the run finished ("process": the
+            process that ran the command, "workers": the largest local worker process).
     """
 
     started_at: str = ""
@@ -112,6 +114,7 @@ class RunInfo:
     chunk_seconds: dict[str, float] = field(default_factory=dict)
     platform: dict[str, str] = field(default_factory=dict)
     git: "dict[str, Any] | None" = None
+    peak_rss_mib: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -62,7 +62,12 @@ from precision_lab.experiment.errors import ComputeError, ResultsExistError, Run
 from precision_lab.experiment.inputs import InputBatch
 from precision_lab.experiment.measure import measure
 from precision_lab.experiment.progress import NO_PROGRESS, Progress
-from precision_lab.experiment.provenance import environment, git_info, platform_info
+from precision_lab.experiment.provenance import (
+    environment,
+    git_info,
+    peak_rss_mib,
+    platform_info,
+)
 from precision_lab.experiment.records import (
     AgreementRow,
     CompareResult,
@@ -333,7 +338,7 @@ def publish(out_root: Path, manifest: Manifest, run_info: RunInfo, chunks: list[
         manifest = replace(manifest, files=dict(sorted(writer.files.items())))
         run_info = replace(run_info, finished_at=store.now_iso(), stage_seconds={
             "compute": round(t_compute, 3), "report": round(t_report, 3),
-            "total": round(time.perf_counter() - t_start, 3)})
+            "total": round(time.perf_counter() - t_start, 3)}, peak_rss_mib=peak_rss_mib())
         store.Writer(tmp).json(store.MANIFEST, manifest)
         store.Writer(tmp).json(store.RUN_INFO, run_info)
         old_dir = out_root / f".{manifest.name}.old-{os.getpid()}"

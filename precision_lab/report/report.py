@@ -305,8 +305,9 @@ def _provenance(res: Results) -> list[Block]:
     rows += [[k, v] for k, v in m.counts.items()]
     if any(m.slow_rows.values()):
         rows.append(["rows on the reference's exact path", sum(m.slow_rows.values())])
-    return [Table(["field", "value"], rows, "From manifest.json (times and host are in "
-                  "run.json, which is not part of the committed results)."),
+    return [Table(["field", "value"], rows, "From manifest.json (times, peak memory and host "
+                  "are in run.json, which is not part of the committed results: `precision-lab "
+                  "show` prints them)."),
             Para("Resolved configuration:"),
             Code(json.dumps(m.config, indent=2, default=str),
                  md_note="(in manifest.json under \"config\", and in report.html)")]
