@@ -380,3 +380,12 @@ def test_trace_steps_can_be_recomputed_from_their_inputs(key, fmt):
                                  for v in ins[0].astype(np.float64).ravel()])
             d = ulp_distance(s.output.ravel(), want.astype(get_format(fmt).np_dtype), fmt)
             assert np.all(d <= 1), s.name
+
+
+def test_every_registered_key_names_the_design_choice_behind_its_error():
+    from precision_lab.implementations.registry import design_note
+
+    for key in REGISTRY:
+        assert design_note(key), key
+    assert design_note("chunked(chunk_size=4096, reduce=kahan)") == design_note("chunked")
+    assert design_note("mypkg.losses:my_ce") is None

@@ -173,3 +173,43 @@ def test_committed_reports_have_no_failed_analyses() -> None:
     assert len(reports) >= 7
     for p in reports:
         assert "could not run" not in p.read_text(), p
+
+
+def _f16_ulp_error(computed: float, hi: float, lo: float) -> float:
+    """|computed - exact| / ulp(exact) in float16, from the definition in mpmath."""
+    import mpmath
+
+    with mpmath.workprec(200):
+        e = mpmath.mpf(hi) + mpmath.mpf(lo)
+        k = int(mpmath.floor(mpmath.log(abs(e), 2))) if e != 0 else -24
+        ulp = mpmath.mpf(2) ** max(k - 10, -24)
+        return float(abs(mpmath.mpf(computed) - e) / ulp)
+
+
+def test_summary_ranks_the_implementations_by_worst_then_median_error(overflow_run: Path):
+    """The ranking's order follows each implementation's largest ULP error recomputed here
+    from the stored computed and exact values; an implementation with inf/NaN comes last;
+    every row names the design choice."""
+    import pyarrow.parquet as pq
+
+    md = (overflow_run / "report.md").read_text()
+    sec = _section(md, "## Summary")
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in sec.splitlines()
+            if line.startswith("| float16 |")]
+    order = [r[2] for r in rows]
+    assert [r[1] for r in rows] == ["1", "2", "3"]
+    t = pq.read_table(overflow_run / "samples.parquet").to_pylist()
+    worst: dict[str, float] = {}
+    bad: dict[str, int] = {}
+    for r in t:
+        c = r["computed"]
+        if c != c or abs(c) == float("inf"):
+            bad[r["implementation"]] = bad.get(r["implementation"], 0) + 1
+            continue
+        u = _f16_ulp_error(c, r["exact_hi"], r["exact_lo"])
+        worst[r["implementation"]] = max(worst.get(r["implementation"], 0.0), u)
+    expected = sorted(worst, key=lambda k: (bad.get(k, 0) > 0, worst[k]))
+    assert order == expected and order[-1] == "naive" and bad["naive"] == 40
+    for r in rows:
+        assert f"{worst[r[2]]:.4g}" == r[6]
+        assert r[-1] and "max shift" in r[-1]  # each family's design phrase is shown

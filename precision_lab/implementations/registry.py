@@ -40,8 +40,8 @@ from precision_lab.implementations.torch_impls import (
 )
 from precision_lab.numerics.semantics import KEYWORDS
 
-__all__ = ["REGISTRY", "PARAMETERS", "EXTRAS", "default_keys", "extra_installed",
-           "get_implementation", "parse_key"]
+__all__ = ["REGISTRY", "PARAMETERS", "EXTRAS", "DESIGN", "default_keys", "design_note",
+           "extra_installed", "get_implementation", "parse_key"]
 
 _NUMPY = Capabilities(trace=True)
 _NUMPY_SEM = Capabilities(trace=True, gradient=True, keywords=KEYWORDS)
@@ -100,6 +100,37 @@ def _zoo_parameters(impl: Implementation, params: dict[str, str]) -> Implementat
 
 PARAMETERS: dict[str, Callable[[Implementation, dict[str, str]], Implementation]] = {
     family: _zoo_parameters for family in _zoo.FAMILIES}
+
+#: The design choice that decides each implementation's error, one phrase per base key (the
+#: zoo's families from :data:`~precision_lab.implementations.zoo.DESIGN`); reports print it
+#: next to the ranking.
+DESIGN: dict[str, str] = {
+    "naive": "no max shift: exp overflows once a logit passes the format's log of its largest "
+             "value (about 11 in float16), and the quotient and the log each round",
+    "naive_softmax": "no max shift, and -log of a rounded probability: a p_t near 1 keeps "
+                     "only its rounding error, a p_t that underflows gives inf",
+    "lse": "max shift, then m + log(sum) - x_t: a small loss is the difference of two nearly "
+           "equal rounded numbers",
+    "lse_log1p": "log1p of the non-target mass after the max shift: no cancellation when the "
+                 "target holds the maximum",
+    "torch": "ATen's fused log_softmax kernel: max shift and its own vectorized sum order",
+    "torch_logsoftmax_nll": "the same log_softmax kernel as F.cross_entropy, then nll_loss",
+    "torch_manual": "the seed's torch ops: unshifted exp, a rounded quotient, then -log",
+    "scipy": "scipy's logsumexp (max shift) minus the target logit: cancellation when the "
+             "loss is small",
+    "torch_upcast": "16-bit logits upcast to float32: the float32 computation, then one "
+                    "rounding to the format",
+    "torch_autocast": "autocast runs cross_entropy in float32, then one rounding to the format",
+    **_zoo.DESIGN,
+}
+
+
+def design_note(key: str) -> "str | None":
+    """The :data:`DESIGN` phrase of ``key``'s family (parameters and ``reduce=`` ignored);
+    None for a custom implementation."""
+    m = _KEY.match(key)
+    return DESIGN.get(m.group(1) if m else key.strip())
+
 
 #: The packages each optional extra provides (``pip install precision-lab[extra]``).
 EXTRAS: dict[str, tuple[str, ...]] = {"jax": ("jax", "optax"), "cluster": ("distributed",)}

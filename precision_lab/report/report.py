@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -25,6 +26,7 @@ from precision_lab.experiment.progress import NO_PROGRESS, Progress
 from precision_lab.experiment.store import MANIFEST, Results, Writer
 from precision_lab.explain.analyses import Context, run_analyses
 from precision_lab.explain.data import NONFINITE_CATEGORIES, group_label
+from precision_lab.implementations.registry import design_note
 from precision_lab.report import plots as P
 from precision_lab.report.answer import MAX_KEY_FINDINGS, all_findings, key_findings
 from precision_lab.report.document import (
@@ -165,31 +167,43 @@ def write_report(res: Results, progress: Progress = NO_PROGRESS,
 
 # --------------------------------------------------------------------------- sections
 
+def _rank_key(s: Any) -> tuple[float, float, float]:
+    """Worst first: any inf/NaN, then the largest, then the median ULP error (NaN last)."""
+    def num(v: Any) -> float:
+        return math.inf if v is None or v != v else float(v)
+    nf = sum(s.categories.get(c, 0) for c in NONFINITE_CATEGORIES)
+    return (float(nf > 0), num(s.ulp_error_max), num(s.ulp_error_median))
+
+
 def _summary_compact(ctx: Context) -> list[Block]:
-    """One row per group of bit-identical implementations x format over the whole sweep."""
+    """The ranking: per format, one row per group of bit-identical implementations over the
+    whole sweep, best first (no inf/NaN, then smallest max, then smallest median ULP error),
+    with the design choice that decides each one's error."""
     d = ctx.data
     zero = d.zero_for_nonzero()
     show_zero = bool(zero.any())
-    heads = ["format", "implementation", "samples", "correctly rounded", "median ULP err",
-             "max ULP err", "inf/NaN"] + (["0 for a non-zero loss"] if show_zero else [])
+    heads = ["format", "rank", "implementation", "samples", "correctly rounded",
+             "median ULP err", "max ULP err", "inf/NaN"] + (
+                 ["0 for a non-zero loss"] if show_zero else []) + ["what decides its error"]
     rows = []
     for fm in d.formats:
         fsel = d.fmt_mask(fm)
-        for g in ctx.groups:
-            s = ctx.stats.get((g[0], fm))
-            if s is None:
-                continue
+        ranked = sorted(((g, ctx.stats[(g[0], fm)]) for g in ctx.groups
+                         if (g[0], fm) in ctx.stats), key=lambda gs: _rank_key(gs[1]))
+        for rank, (g, s) in enumerate(ranked, 1):
             sel = fsel & d.impl_mask(g[0])
             nf = sum(s.categories.get(c, 0) for c in NONFINITE_CATEGORIES)
-            row = [fm, group_label(g), s.count, fmt_rate(s.exact_matches, s.stat_count),
+            row = [fm, rank, group_label(g), s.count, fmt_rate(s.exact_matches, s.stat_count),
                    fmt_num(s.ulp_error_median, 3), fmt_num(s.ulp_error_max, 4), nf]
             if show_zero:
                 row.append(int((zero & sel).sum()))
+            row.append(design_note(g[0]) or "")
             rows.append(row)
     many = len(ctx.res.manifest.points) > 1
-    cap = (("All sweep points combined; " if many else "") + "'a = b' rows are implementations "
-           "that return the same bits on every sample; statistics over finite results (inf/NaN "
-           "counted apart).")
+    cap = (("All sweep points combined; " if many else "") + "ranked per format: no inf/NaN "
+           "first, then the smallest maximum, then the smallest median ULP error. 'a = b' rows "
+           "are implementations that return the same bits on every sample; statistics over "
+           "finite results (inf/NaN counted apart).")
     return [Table(heads, rows, cap)]
 
 
@@ -342,7 +356,7 @@ def build_document(res: Results, ctx: "Context | None", analyses: dict[str, Any]
         blocks.append(Heading("Key plots", 2))
         blocks += [Image(res.root / "plots" / f.name, f.caption) for f in kplots]
     if ctx is not None:
-        blocks.append(Heading("Summary", 2))
+        blocks.append(Heading("Summary: the implementations ranked per format", 2))
         blocks.extend(_summary_compact(ctx))
         blocks.append(Para(MEASURES_TEXT))
     if m.description:
