@@ -15,9 +15,11 @@ EXPERIMENTS += experiments/overflow_logit_scale.toml experiments/cancellation_ma
 EXPERIMENTS += experiments/label_smoothing.toml experiments/ignore_index_padding.toml \
                experiments/class_weights.toml experiments/zloss_softcap.toml \
                experiments/gradients_half.toml experiments/batch_reduction.toml
+EXPERIMENTS += experiments/llm/llm_vocab.toml experiments/llm/llm_confident.toml \
+               experiments/llm/llm_zloss_softcap.toml
 RUN_FLAGS ?= --force
 
-.PHONY: run test lint venv clean-results
+.PHONY: run table test lint venv clean-results
 
 venv: $(STAMP)
 
@@ -32,6 +34,13 @@ run: $(STAMP)
 	$(BIN)/precision-lab run $(RUN_FLAGS) $(EXPERIMENTS)
 	$(BIN)/precision-lab study capability --out results
 	$(BIN)/precision-lab study cuda analyze results/cuda_vs_cpu/gpu_h100.npz --out results
+
+# The accuracy table (results/accuracy_table/): hours of searches and exhaustive slices from
+# scratch on 2 cores; finished chunks are kept in results/.work, so a rerun continues.  Slices
+# still incomplete after TABLE_BUDGET seconds are searched instead and named in the table.
+TABLE_BUDGET ?= 600
+table: $(STAMP)
+	$(BIN)/precision-lab table --workers 0 --budget $(TABLE_BUDGET)
 
 lint: $(STAMP)
 	$(BIN)/ruff check precision_lab tests benchmarks

@@ -191,10 +191,10 @@ def _run_one(cfg: Any, out: Path, force: bool, resume: bool, progress: Any, comm
 
 
 def _mib(rss: dict[str, float]) -> str:
-    """Peak RSS record -> "812 MiB (this process), 1,203 MiB (largest worker)"."""
+    """Peak RSS record -> "812 MiB (this process), 1,203 MiB (largest child process)"."""
     text = f"{rss.get('process', 0):,.0f} MiB (this process)"
     if rss.get("workers"):
-        text += f", {rss['workers']:,.0f} MiB (largest worker)"
+        text += f", {rss['workers']:,.0f} MiB (largest child process)"
     return text
 
 
