@@ -17,11 +17,11 @@ from precision_lab.explain.data import NONFINITE_CATEGORIES
 from precision_lab.numerics.formats import get_format
 
 #: Rows per format whose bounds are evaluated (a uniform sample with a fixed seed).
-BOUNDS_SAMPLE_ROWS = 500
+BOUNDS_SAMPLE_ROWS = 200
 #: Worst rows attributed per implementation and format.
 ATTRIBUTION_ROWS = 3
 #: Rows per format on which torch's fused kernel is set beside the composites.
-FUSED_SAMPLE_ROWS = 256
+FUSED_SAMPLE_ROWS = 128
 
 # --------------------------------------------------------------------------- bounds
 
