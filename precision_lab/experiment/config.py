@@ -32,6 +32,19 @@ others, numpy code, always run on the CPU); refused when this machine has no suc
 ``nonfinite`` ("refuse" by default, or "allow"): whether NaN and infinite logits in ``fixed``
 or ``file`` data are measured (their losses follow the reference's non-finite rules) or refused.
 
+Layouts (see :mod:`precision_lab.implementations.layouts`): ``layout`` ("contiguous" by
+default, "transposed" or "strided"), ``pad_vocab_to`` (a positive integer: the vocabulary
+padded to a multiple of it; none by default) and ``pad_value`` ("-inf" by default, "masked" or
+a finite number; only with ``pad_vocab_to``) decide how every implementation receives the
+logits; each may be a list (a sweep axis).  The reference is always the loss of the real
+(B, V) logits, so a finite ``pad_value`` shows as an error: the kernel computes the loss of the
+padded problem.  Not with class weights or probability targets (they have V entries).
+
+The ``linear`` generator gives hidden states and a classifier weight instead of logits: its
+implementations are the fused linear cross-entropy keys (``"fused_linear(chunk=4096)"``,
+``"linear_torch"``; "all" is both defaults), reduction "none", quantity "loss", no ``[loss]``
+table and no layout keys; the truth is the loss of the exact product logits.
+
 Sweeps: every numeric parameter -- ``classes``, ``batch_size``, ``samples``, ``seed`` and the
 generator's numbers -- may be a list; lists expand into the cartesian product, one sweep
 point per combination, the first listed axis varying slowest.  Each point's parameters are
@@ -56,12 +69,14 @@ from pydantic import Field, ValidationError
 from precision_lab.experiment.errors import ConfigError
 from precision_lab.experiment.inputs import (
     GENERATORS,
+    Batch,
     ConfidentInputs,
     FileInputs,
     FixedInputs,
     InputBatch,
     Int,
     LargeInputs,
+    LinearInputs,
     NormalInputs,
     Num,
     StrictModel,
@@ -70,7 +85,9 @@ from precision_lab.experiment.inputs import (
     apply_loss_inputs,
 )
 from precision_lab.implementations import REGISTRY, get_implementation
+from precision_lab.implementations.layouts import LAYOUTS
 from precision_lab.implementations.registry import default_keys
+from precision_lab.implementations.zoo import LINEAR_IMPLEMENTATIONS, resolve_linear
 from precision_lab.numerics.formats import FORMAT_NAMES, get_format
 
 __all__ = [
@@ -97,7 +114,7 @@ TOP_NUMERIC = ("classes", "batch_size", "samples", "seed")
 
 Inputs = Annotated[
     Union[UniformInputs, NormalInputs, ConfidentInputs, LargeInputs, FixedInputs,
-          TorchRandInputs, FileInputs],
+          TorchRandInputs, FileInputs, LinearInputs],
     Field(discriminator="generator"),
 ]
 
@@ -168,6 +185,12 @@ class ExperimentConfig(StrictModel):
     quantity: Union[Quantity, list[Quantity]] = "loss"
     loss: Union[LossConfig, None] = None
     compare: Union[CompareConfig, None] = None
+    layout: Union[str, list[str]] = "contiguous"
+    pad_vocab_to: Union[Int, None] = None
+    pad_value: Union[str, float, int, list[Union[str, float, int]]] = "-inf"
+
+    #: The layout keys, in sweep-axis order (after the [loss] numbers).
+    LAYOUT_KEYS: ClassVar[tuple[str, ...]] = ("layout", "pad_vocab_to", "pad_value")
 
 
 # --------------------------------------------------------------------------- error messages
@@ -324,14 +347,21 @@ def format_names(cfg: ExperimentConfig) -> list[str]:
 def implementation_keys(cfg: ExperimentConfig) -> list[str]:
     """The experiment's implementation keys, canonical (parameters in declaration order,
     defaults left out); "all" is every registered key whose optional extra is installed."""
+    lin = takes_linear(cfg)
     if cfg.implementations == "all":
-        return default_keys()
-    return list(dict.fromkeys(_canonical(k) for k in cfg.implementations))
+        return list(LINEAR_IMPLEMENTATIONS) if lin else default_keys()
+    return list(dict.fromkeys(_canonical(k, lin) for k in cfg.implementations))
 
 
-def _canonical(key: str) -> str:
+def takes_linear(cfg: ExperimentConfig) -> bool:
+    """Whether the experiment's implementations take hidden states and weights (the
+    ``linear`` generator) rather than logits."""
+    return isinstance(cfg.inputs, LinearInputs)
+
+
+def _canonical(key: str, linear: bool = False) -> str:
     try:
-        return get_implementation(key).key
+        return resolve_linear(key).key if linear else get_implementation(key).key
     except ValueError:
         return key
 
@@ -340,7 +370,8 @@ def compare_keys(cfg: ExperimentConfig) -> "tuple[str, str, float] | None":
     """The ``[compare]`` pair as canonical implementation keys, with its tolerance."""
     if cfg.compare is None:
         return None
-    return _canonical(cfg.compare.a), _canonical(cfg.compare.b), cfg.compare.abs_tol
+    lin = takes_linear(cfg)
+    return _canonical(cfg.compare.a, lin), _canonical(cfg.compare.b, lin), cfg.compare.abs_tol
 
 
 def compare_formats(cfg: ExperimentConfig) -> list[str]:
@@ -409,7 +440,7 @@ def _check_loss(cfg: ExperimentConfig, path: Path) -> None:
             needed["softcap"] = "loss.softcap"
         if lc.targets == "probabilities":
             needed["prob_targets"] = "loss.targets"
-    for key in implementation_keys(cfg):
+    for key in implementation_keys(cfg) if not takes_linear(cfg) else []:
         caps = get_implementation(key).capabilities
         for kw, where in needed.items():
             if kw not in caps.keywords:
@@ -428,6 +459,121 @@ def _check_loss(cfg: ExperimentConfig, path: Path) -> None:
                               FORMAT_NAMES) from None
 
 
+_LINEAR_ALLOWED = [*LINEAR_IMPLEMENTATIONS, "fused_linear(chunk=..., logits=format|float32, "
+                   "acc=..., exp=exp2|exp)"]
+
+
+def _is_linear_key(key: str) -> bool:
+    try:
+        resolve_linear(key)
+    except ValueError:
+        return False
+    return True
+
+
+def _check_linear(cfg: ExperimentConfig, path: Path) -> None:
+    """The ``linear`` generator: fused linear keys only, per-row losses of the plain
+    cross-entropy, inputs of a 16- or 32-bit format (the exact product needs them)."""
+    for key in cfg.implementations if cfg.implementations != "all" else []:
+        try:
+            resolve_linear(key)
+        except ValueError as exc:
+            what = (f"{key!r} takes logits; the linear generator gives hidden states and a "
+                    "weight" if _is_logits_key(key) else
+                    f"unknown implementation {key!r} ({str(exc).split('; allowed')[0]})")
+            raise ConfigError(path, "implementations", what, ["all", *_LINEAR_ALLOWED]) from None
+    if cfg.reduction != "none":
+        raise ConfigError(path, "reduction", f"{cfg.reduction!r}: the linear generator's truth "
+                          "is per row (the exact-product reference has no reduction)", ["none"])
+    if quantities(cfg) != ["loss"]:
+        raise ConfigError(path, "quantity", "the linear generator measures the loss only",
+                          ["loss"])
+    if cfg.loss is not None:
+        raise ConfigError(path, "loss", "the linear generator's truth is the plain "
+                          "cross-entropy of the exact product; remove the [loss] table")
+    for key in ExperimentConfig.LAYOUT_KEYS:
+        if key in cfg.model_fields_set:
+            raise ConfigError(path, key, "layouts apply to logits; the linear generator has "
+                              "none (remove the key)")
+    in_fmts = [cfg.input_format] if cfg.input_format is not None else format_names(cfg)
+    for fm in in_fmts:
+        if fm is not None and get_format(fm).name not in ("float16", "bfloat16", "float32"):
+            key = "input_format" if cfg.input_format is not None else "formats"
+            raise ConfigError(path, key, f"{fm!r}: the linear generator rounds hidden states "
+                              "and weights to the input format, which must be a 16- or 32-bit "
+                              "one (the exact product takes them)", ["float16", "bfloat16",
+                                                                     "float32"])
+
+
+def _is_logits_key(key: str) -> bool:
+    try:
+        get_implementation(key)
+    except Exception:  # noqa: BLE001 - any failure to resolve: not a logits implementation
+        return False
+    return True
+
+
+def pad_text(v: "str | float | int") -> str:
+    """A ``pad_value`` as the text a sweep point records: "-inf", "masked", or the number's
+    repr ("8.0")."""
+    return v if isinstance(v, str) else repr(float(v))
+
+
+def pad_fill(text: str) -> "str | float":
+    """The ``pad_value`` argument of :func:`~precision_lab.implementations.layouts.present`
+    from a point's recorded text."""
+    return text if text in ("-inf", "masked") else float(text)
+
+
+def _check_layout(cfg: ExperimentConfig, path: Path) -> None:
+    """``layout``, ``pad_vocab_to`` and ``pad_value``: known names, positive integers, finite
+    numbers; padding not with per-class inputs (V entries)."""
+    for v in _as_list(cfg.layout):
+        if v not in LAYOUTS:
+            raise ConfigError(path, "layout", f"unknown layout {v!r}", LAYOUTS)
+    if not _as_list(cfg.layout):
+        raise ConfigError(path, "layout", "empty list", LAYOUTS)
+    pads = _as_list(cfg.pad_vocab_to) if cfg.pad_vocab_to is not None else []
+    if cfg.pad_vocab_to is not None and not pads:
+        raise ConfigError(path, "pad_vocab_to", "empty list", "positive integers")
+    for n in pads:
+        if n < 1:
+            raise ConfigError(path, "pad_vocab_to", f"must be a positive integer, got {n}")
+    values = _as_list(cfg.pad_value)
+    allowed = '"-inf", "masked" or a finite number'
+    if not values:
+        raise ConfigError(path, "pad_value", "empty list", allowed)
+    for v in values:
+        if isinstance(v, str) and v not in ("-inf", "masked"):
+            raise ConfigError(path, "pad_value", f"invalid value {v!r}", allowed)
+        if isinstance(v, (int, float)) and not math.isfinite(v):
+            raise ConfigError(path, "pad_value", f"{v} is not finite (write the string \"-inf\" "
+                              "for -inf pad columns)", allowed)
+    if "pad_value" in cfg.model_fields_set and cfg.pad_vocab_to is None:
+        raise ConfigError(path, "pad_value", "fills the padded columns; it needs pad_vocab_to")
+    if cfg.pad_vocab_to is not None and cfg.loss is not None:
+        lc = cfg.loss
+        if lc.weight is not None or lc.weight_spread is not None or \
+                lc.targets == "probabilities":
+            key = "loss.targets" if lc.targets == "probabilities" else "loss.weight"
+            raise ConfigError(path, key, "has one entry per class of the real vocabulary; a "
+                              "padded vocabulary (pad_vocab_to) would need them padded too")
+
+
+def _layout_params(cfg: ExperimentConfig) -> list[tuple[str, Any]]:
+    """The layout keys as point parameters: only those away from their defaults (so a
+    config without them has the points it always had); pad values as text."""
+    out: list[tuple[str, Any]] = []
+    if cfg.layout != "contiguous":
+        out.append(("layout", cfg.layout))
+    if cfg.pad_vocab_to is not None:
+        out.append(("pad_vocab_to", cfg.pad_vocab_to))
+        pv = cfg.pad_value
+        out.append(("pad_value", [pad_text(v) for v in pv] if isinstance(pv, list)
+                    else pad_text(pv)))
+    return out
+
+
 def _check(cfg: ExperimentConfig, path: Path) -> None:
     """Checks beyond types: names exist, numbers in range, data files readable and shaped."""
     _check_device(cfg.device, path)
@@ -444,10 +590,16 @@ def _check(cfg: ExperimentConfig, path: Path) -> None:
         raise ConfigError(path, "formats", "a format is listed twice")
 
     allowed_impls = ["all", *REGISTRY, "or 'package.module:function'"]
-    if cfg.implementations != "all":
-        if not cfg.implementations:
-            raise ConfigError(path, "implementations", "empty list", allowed_impls)
+    if cfg.implementations != "all" and not cfg.implementations:
+        raise ConfigError(path, "implementations", "empty list", allowed_impls)
+    if takes_linear(cfg):
+        _check_linear(cfg, path)
+    elif cfg.implementations != "all":
         for key in cfg.implementations:
+            if _is_linear_key(key):
+                raise ConfigError(path, "implementations", f"{key!r} takes hidden states and a "
+                                  "weight, not logits: use it with [inputs] generator = "
+                                  '"linear"', allowed_impls)
             try:
                 get_implementation(key)
             except Exception as exc:  # noqa: BLE001 - any failure to resolve is a config error
@@ -460,7 +612,7 @@ def _check(cfg: ExperimentConfig, path: Path) -> None:
     if cfg.compare is not None:
         for side in ("a", "b"):
             v = getattr(cfg.compare, side)
-            if _canonical(v) not in impls:
+            if _canonical(v, takes_linear(cfg)) not in impls:
                 raise ConfigError(path, f"compare.{side}",
                                   f"{v!r} is not one of this experiment's implementations", impls)
         if not (cfg.compare.abs_tol >= 0 and math.isfinite(cfg.compare.abs_tol)):
@@ -497,6 +649,7 @@ def _check(cfg: ExperimentConfig, path: Path) -> None:
             raise ConfigError(path, "seed", f"must be >= 0, got {v}")
     gen.check(path, cfg.nonfinite)
     _check_loss(cfg, path)
+    _check_layout(cfg, path)
     if isinstance(gen, FileInputs):
         gen.check_data(path, cfg.nonfinite, cfg.batch_size)
 
@@ -517,7 +670,7 @@ def _numeric_params(cfg: ExperimentConfig) -> list[tuple[str, Any]]:
     out += cfg.inputs.numeric_params()
     if cfg.loss is not None:
         out += cfg.loss.numeric_params()
-    return out
+    return out + _layout_params(cfg)
 
 
 def quantities(cfg: ExperimentConfig) -> list[str]:
@@ -581,7 +734,9 @@ def bundled_experiments_dir() -> Path | None:
 
 
 
-def generate(cfg: ExperimentConfig, point: SweepPoint) -> InputBatch:
+def generate(cfg: ExperimentConfig, point: SweepPoint) -> Batch:
     """All batches of one sweep point (see :mod:`precision_lab.experiment.inputs`)."""
     batch = cfg.inputs.generate(point.params, source_of(cfg).parent)
-    return batch if cfg.loss is None else apply_loss_inputs(batch, cfg.loss, point.params)
+    if cfg.loss is None or not isinstance(batch, InputBatch):
+        return batch
+    return apply_loss_inputs(batch, cfg.loss, point.params)

@@ -21,6 +21,10 @@ point (:meth:`Generator.generate`).  Code branches on these classes, never on na
                            to the config file's folder; logits (N, C) cut into batches of
                            ``batch_size`` rows (default: all N rows in one batch) or already
                            batched (S, B, C); targets (N,) or (S, B) integers in [0, C)
+``linear``                 ``hidden`` (K, 256), ``scale`` (1.0): no logits but hidden states
+                           (S, B, K) ~ N(0, 1) and a classifier weight (C, K) ~ scale *
+                           N(0, 1) / sqrt(K) (so the logits' spread is about ``scale``), for
+                           the fused linear cross-entropy (:class:`LinearBatch`)
 =========================  =================================================================
 
 Targets of the random generators are uniform over the C classes (numpy), drawn after the
@@ -47,7 +51,8 @@ from pydantic import BaseModel, ConfigDict
 from precision_lab.experiment.errors import ConfigError
 from precision_lab.numerics.formats import FORMAT_NAMES, get_format, to_format
 
-__all__ = ["Num", "Int", "InputBatch", "Generator", "GENERATORS", "apply_loss_inputs",
+__all__ = ["Num", "Int", "InputBatch", "LinearBatch", "Batch", "Generator", "GENERATORS",
+           "apply_loss_inputs",
            "to_format",  # re-exported
            "torch_rand_protocol", "check_finite", "load_array"]
 
@@ -75,6 +80,26 @@ class InputBatch:
     def shape(self) -> tuple[int, int, int]:
         s, b, c = self.logits.shape
         return int(s), int(b), int(c)
+
+
+@dataclass(frozen=True)
+class LinearBatch:
+    """The inputs of one sweep point of the ``linear`` generator: hidden states (S, B, K),
+    the classifier weight (V, K) shared by every batch, and int64 targets (S, B) in [0, V).
+    float64 here; the runner rounds both once to the input format."""
+
+    hidden: np.ndarray
+    classifier: np.ndarray
+    targets: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        s, b, _ = self.hidden.shape
+        return int(s), int(b), int(self.classifier.shape[0])
+
+
+#: What a generator produces: logits, or hidden states and a classifier weight.
+Batch = Union[InputBatch, LinearBatch]
 
 
 def _as_list(v: Any) -> list:
@@ -120,7 +145,7 @@ class Generator(StrictModel):
         """Extra entries of the resolved config (e.g. data files' sha256)."""
         return {}
 
-    def generate(self, params: dict[str, Any], base: Path) -> InputBatch:  # pragma: no cover
+    def generate(self, params: dict[str, Any], base: Path) -> "Batch":  # pragma: no cover
         raise NotImplementedError
 
     @staticmethod
@@ -382,6 +407,36 @@ class FileInputs(Generator):
         return InputBatch(np.ascontiguousarray(x), y.astype(np.int64))
 
 
+class LinearInputs(Generator):
+    """Hidden states and a classifier weight instead of logits (the fused linear
+    cross-entropy's inputs).  From ``PCG64(seed)``, in this order: hidden (S, B, K) ~ N(0, 1),
+    weight (C, K) ~ scale * N(0, 1) / sqrt(K), targets uniform over the C classes.  The truth
+    is the loss of the exact product of the rounded values
+    (:mod:`precision_lab.numerics.exact_logits`)."""
+
+    generator: Literal["linear"]
+    hidden: Int = 256
+    scale: Num = 1.0
+    NUMERIC: ClassVar[tuple[str, ...]] = ("hidden", "scale")
+
+    def check(self, path: Path, nonfinite: str) -> None:
+        super().check(path, nonfinite)
+        for k in _as_list(self.hidden):
+            if k < 1:
+                raise ConfigError(path, "inputs.hidden", f"must be >= 1, got {k}")
+        for v in _as_list(self.scale):
+            if not v > 0:
+                raise ConfigError(path, "inputs.scale", f"must be > 0, got {v}")
+
+    def generate(self, params: dict[str, Any], base: Path) -> LinearBatch:
+        S, B, C = self._shape(params)
+        K = int(params["hidden"])
+        rng = self._rng(params)
+        h = rng.standard_normal(size=(S, B, K))
+        w = float(params["scale"]) * rng.standard_normal(size=(C, K)) / math.sqrt(K)
+        return LinearBatch(h, w, rng.integers(0, C, size=(S, B), dtype=np.int64))
+
+
 #: Generator classes by name.
 GENERATORS: dict[str, type[Generator]] = {
     "uniform": UniformInputs,
@@ -391,6 +446,7 @@ GENERATORS: dict[str, type[Generator]] = {
     "fixed": FixedInputs,
     "torch_rand_protocol": TorchRandInputs,
     "file": FileInputs,
+    "linear": LinearInputs,
 }
 
 

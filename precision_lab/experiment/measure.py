@@ -9,6 +9,13 @@ row (S * B); with "mean" or "sum" one per batch (S): an implementation that decl
 ``own_reduction`` reduces its own way, the others' per-sample losses are reduced with the seed's
 loop (:func:`precision_lab.numerics.sums.reduce_in_format`).
 
+:class:`Presentation` is how the implementations receive the logits (layout, padded
+vocabulary: :mod:`precision_lab.implementations.layouts`); the reference always takes the real
+(B, V) logits, and gradients are cut back to their first V columns.
+
+:func:`measure_linear` measures the fused linear cross-entropy (hidden states and a classifier
+weight) against the certified loss of the exact product logits.
+
 :func:`row_facts` gives the facts of each logit row that the analyses need (largest and
 smallest logit, the target's logit, lse), computed once while the rows are in memory.
 """
@@ -23,6 +30,8 @@ from typing import Any
 import numpy as np
 
 from precision_lab.implementations import Implementation
+from precision_lab.implementations.layouts import present
+from precision_lab.implementations.llm import LinearImplementation
 from precision_lab.numerics.formats import Format, get_format, round_to
 from precision_lab.numerics.gradient import cross_entropy_grad_detailed
 from precision_lab.numerics.metrics import (
@@ -36,8 +45,34 @@ from precision_lab.numerics.reference import cross_entropy_detailed, uses_traini
 from precision_lab.numerics.semantics import reduction_denominator, validate
 from precision_lab.numerics.sums import reduce_in_format
 
-__all__ = ["ReferenceValues", "Metrics", "Measurement", "reference_values", "evaluate",
-           "metrics_of", "measure", "row_facts"]
+__all__ = ["ReferenceValues", "Metrics", "Measurement", "Presentation", "reference_values",
+           "evaluate", "metrics_of", "measure", "measure_linear", "row_facts"]
+
+
+@dataclass(frozen=True)
+class Presentation:
+    """How an implementation receives each batch's (B, V) logits: ``layout``
+    ("contiguous", "transposed", "strided"), ``pad_vocab_to`` (None: no padding) and
+    ``pad_value`` ("-inf", "masked" or a finite number); see
+    :func:`precision_lab.implementations.layouts.present`.  The default is the logits as
+    they are."""
+
+    layout: str = "contiguous"
+    pad_vocab_to: "int | None" = None
+    pad_value: "str | float" = "-inf"
+
+    @property
+    def identity(self) -> bool:
+        return self.layout == "contiguous" and self.pad_vocab_to is None
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """(B, V) logits as the kernel receives them: (B, V') with V' >= V."""
+        if self.identity:
+            return x
+        return present(x, self.layout, self.pad_vocab_to, self.pad_value)
+
+
+PLAIN = Presentation()
 
 
 @dataclass(frozen=True)
@@ -135,23 +170,26 @@ def generic_reduce(per: np.ndarray, t: np.ndarray, f: Format, reduction: str, me
 
 
 def evaluate(impl: Implementation, x: np.ndarray, t: np.ndarray, f: Format, reduction: str,
-             device: str = "cpu", keywords: "dict[str, Any] | None" = None) -> np.ndarray:
+             device: str = "cpu", keywords: "dict[str, Any] | None" = None,
+             presentation: Presentation = PLAIN) -> np.ndarray:
     """The implementation on every batch of (S, B, V) logits: (S * B,) losses for "none",
     (S,) reduced values otherwise.  ``device`` applies to implementations that declare it;
     the others run where they always run (numpy code: the CPU).  An implementation without
-    its own reduction is reduced by :func:`generic_reduce` with its ``reduce_method``."""
+    its own reduction is reduced by :func:`generic_reduce` with its ``reduce_method``.
+    Each batch reaches the implementation through ``presentation``."""
     kw = keywords or {}
     if device.split(":")[0] not in impl.capabilities.devices:
         device = "cpu"
     out = []
     for s in range(x.shape[0]):
+        xs = presentation(x[s])
         if reduction == "none":
-            out.append(impl(x[s], t[s], f, device=device, **kw))
+            out.append(impl(xs, t[s], f, device=device, **kw))
         elif impl.capabilities.own_reduction and impl.reduce_method == "own":
-            out.append(impl(x[s], t[s], f, reduction=reduction, device=device, **kw)
+            out.append(impl(xs, t[s], f, reduction=reduction, device=device, **kw)
                        .reshape(1))
         else:
-            per = impl(x[s], t[s], f, device=device, **kw)
+            per = impl(xs, t[s], f, device=device, **kw)
             method = "sequential" if impl.reduce_method == "own" else impl.reduce_method
             out.append(np.asarray([generic_reduce(per, t[s], f, reduction, method, kw, x[s])],
                                   dtype=f.np_dtype))
@@ -178,12 +216,16 @@ def reference_grad(x: np.ndarray, t: np.ndarray, f: Format, reduction: str,
 
 def evaluate_grad(impl: Implementation, x: np.ndarray, t: np.ndarray, f: Format,
                   reduction: str, device: str = "cpu",
-                  keywords: "dict[str, Any] | None" = None) -> np.ndarray:
-    """The implementation's gradient on every batch, flattened to S * B * V elements."""
+                  keywords: "dict[str, Any] | None" = None,
+                  presentation: Presentation = PLAIN) -> np.ndarray:
+    """The implementation's gradient on every batch, flattened to S * B * V elements (each
+    batch through ``presentation``; the gradient of padded columns is cut off)."""
     kw = keywords or {}
     if device.split(":")[0] not in impl.capabilities.devices:
         device = "cpu"
-    out = [impl.grad(x[s], t[s], f, reduction=reduction, device=device, **kw).reshape(-1)
+    V = x.shape[-1]
+    out = [np.asarray(impl.grad(presentation(x[s]), t[s], f, reduction=reduction,
+                                device=device, **kw))[:, :V].reshape(-1)
            for s in range(x.shape[0])]
     return np.concatenate(out) if out else np.zeros(0, f.np_dtype)
 
@@ -202,11 +244,14 @@ def metrics_of(computed: np.ndarray, ref: ReferenceValues, f: Format) -> Metrics
 
 def measure(x: np.ndarray, t: np.ndarray, fmt: "str | Format", impls: list[Implementation], *,
             reduction: str = "none", device: str = "cpu", keep_going: bool = False,
-            keywords: "dict[str, Any] | None" = None, quantity: str = "loss") -> Measurement:
+            keywords: "dict[str, Any] | None" = None, quantity: str = "loss",
+            presentation: Presentation = PLAIN) -> Measurement:
     """Measure every implementation on (S, B, V) logits (already in their format) and (S, B)
     targets (or (S, B, V) probabilities) against the certified reference in ``fmt``:
     ``quantity`` "loss" (one value per row, or per batch with a reduction) or "grad" (every
     element of the gradient, flattened to S * B * V).  ``keywords``: the loss keywords.
+    ``presentation``: how the implementations receive the logits (the reference takes them
+    as they are).
 
     With ``keep_going`` an implementation that raises is recorded in ``errors`` instead of
     stopping the measurement (``explain`` uses it; the runner lets the error propagate)."""
@@ -225,7 +270,7 @@ def measure(x: np.ndarray, t: np.ndarray, fmt: "str | Format", impls: list[Imple
     for impl in impls:
         try:
             out = (evaluate_grad if grad else evaluate)(impl, x, t, f, reduction, device,
-                                                        keywords)
+                                                        keywords, presentation)
         except Exception as exc:  # noqa: BLE001 - recorded only when asked to keep going
             if not keep_going:
                 raise
@@ -233,6 +278,55 @@ def measure(x: np.ndarray, t: np.ndarray, fmt: "str | Format", impls: list[Imple
             continue
         results[impl.key] = metrics_of(out, ref, f)
     return Measurement(ref, results, errors)
+
+
+def measure_linear(hidden: np.ndarray, weight: np.ndarray, t: np.ndarray, fmt: "str | Format",
+                   impls: "list[LinearImplementation]", *, device: str = "cpu",
+                   keep_going: bool = False) -> tuple[Measurement, np.ndarray]:
+    """Measure fused linear cross-entropy implementations on (S, B, K) hidden states and a
+    (V, K) classifier weight (both already in a 16- or 32-bit format) with (S, B) targets:
+    per row, against the correctly rounded loss in ``fmt`` of the exact logits
+    hidden @ weight.T (:func:`precision_lab.numerics.exact_logits.exact_product`).
+
+    Returns the measurement and the exact logits' float64 approximations hi (S, B, V),
+    |hi - exact| <= a few float64 ulps (for the row facts)."""
+    from precision_lab.numerics.exact_logits import cross_entropy_exact_logits, exact_product
+
+    f = get_format(fmt)
+    h = np.asarray(hidden)
+    t = np.asarray(t).astype(np.int64)
+    if h.ndim != 3 or t.shape != h.shape[:2] or np.ndim(weight) != 2:
+        raise ValueError(f"measure_linear needs hidden (S, B, K), weight (V, K) and targets "
+                         f"(S, B), got {h.shape}, {np.shape(weight)} and {t.shape}")
+    S, B, _ = h.shape
+    V = int(np.shape(weight)[0])
+    logits = np.empty((S, B, V))
+    vals, his, los, errs, slow = [], [], [], [], 0
+    for s in range(S):
+        exact = exact_product(h[s], weight)
+        logits[s] = exact.hi_lo_err()[0]
+        r = cross_entropy_exact_logits(exact, t[s], f)
+        vals.append(np.asarray(r.values, f.np_dtype))
+        his.append(np.asarray(r.hi, np.float64))
+        los.append(np.asarray(r.lo, np.float64))
+        errs.append(np.asarray(r.err, np.float64))
+        slow += int(r.slow_rows)
+        del exact
+    ref = ReferenceValues(np.concatenate(vals), np.concatenate(his), np.concatenate(los),
+                          np.concatenate(errs), slow)
+    results: dict[str, Metrics] = {}
+    errors: dict[str, str] = {}
+    for impl in impls:
+        dev = device if device.split(":")[0] in impl.capabilities.devices else "cpu"
+        try:
+            out = np.concatenate([impl(h[s], weight, t[s], f, device=dev) for s in range(S)])
+        except Exception as exc:  # noqa: BLE001 - recorded only when asked to keep going
+            if not keep_going:
+                raise
+            errors[impl.key] = f"{type(exc).__name__}: {exc}"
+            continue
+        results[impl.key] = metrics_of(out, ref, f)
+    return Measurement(ref, results, errors), logits
 
 
 def row_facts(x: np.ndarray, t: np.ndarray) -> dict[str, np.ndarray]:

@@ -50,6 +50,7 @@ from precision_lab.experiment.config import (
     format_names,
     generate,
     implementation_keys,
+    pad_fill,
     parse_config,
     quantities,
     raw_data,
@@ -59,8 +60,8 @@ from precision_lab.experiment.config import (
     sweep_points,
 )
 from precision_lab.experiment.errors import ComputeError, ResultsExistError, RunError
-from precision_lab.experiment.inputs import InputBatch
-from precision_lab.experiment.measure import measure
+from precision_lab.experiment.inputs import Batch, InputBatch, LinearBatch
+from precision_lab.experiment.measure import Presentation, measure, measure_linear
 from precision_lab.experiment.progress import NO_PROGRESS, Progress
 from precision_lab.experiment.provenance import (
     environment,
@@ -79,6 +80,7 @@ from precision_lab.experiment.records import (
 )
 from precision_lab.experiment.tables import ChunkTables, chunk_key, chunk_tables, values_view
 from precision_lab.implementations import get_implementation
+from precision_lab.implementations.zoo import resolve_linear
 from precision_lab.numerics.formats import get_format, to_format
 
 __all__ = ["RunResult", "Finalize", "run_experiment", "preflight", "compute_chunk",
@@ -160,29 +162,58 @@ def _check_writable(out_root: Path) -> None:
 
 # --------------------------------------------------------------------------- one chunk
 
+#: The stored inputs of a chunk besides its logits (``<chunk><suffix>.npy``): targets, class
+#: weights, and the ``linear`` generator's hidden states and classifier weight.
+INPUT_SUFFIXES = ("", ".targets", ".weight", ".hidden", ".classifier")
+
+
+def presentation(point: SweepPoint) -> Presentation:
+    """How the point's implementations receive the logits (its layout keys; defaults when
+    absent)."""
+    p = point.params
+    pad = p.get("pad_vocab_to")
+    return Presentation(str(p.get("layout", "contiguous")),
+                        int(pad) if pad is not None else None,
+                        pad_fill(str(p.get("pad_value", "-inf"))))
+
+
 def compute_chunk(cfg: ExperimentConfig, point: SweepPoint, fmt: str,
-                  inputs: "InputBatch | None" = None
-                  ) -> tuple[ChunkTables, np.ndarray, np.ndarray, "np.ndarray | None"]:
+                  inputs: "Batch | None" = None
+                  ) -> tuple[ChunkTables, np.ndarray, np.ndarray, "dict[str, np.ndarray]"]:
     """One sweep point in one format: (its tables, the rounded logits, the targets, the
-    rounded class weights or None).
+    other stored inputs by suffix: ".weight" the rounded class weights, or ".hidden" and
+    ".classifier" for the linear generator).
 
     The logits (and probability targets and class weights) are rounded once to the
     config's ``input_format``, or to ``fmt`` without one; the reference is the exact loss of
-    those values rounded to ``fmt``."""
+    those values rounded to ``fmt``.  The linear generator's hidden states and weight are
+    rounded the same way; its reference is the loss of their exact product, and the logits
+    returned (for the row facts, not stored) are that product's float64 approximation."""
     batch = generate(cfg, point) if inputs is None else inputs
     in_fmt = cfg.input_format or fmt
+    cmp = None
+    if cfg.compare is not None and get_format(fmt).name in compare_formats(cfg):
+        cmp = compare_keys(cfg)
+    if isinstance(batch, LinearBatch):
+        h = to_format(batch.hidden, in_fmt)
+        w = to_format(batch.classifier, in_fmt)
+        lin = [resolve_linear(k) for k in implementation_keys(cfg)]
+        meas, x = measure_linear(h, w, batch.targets, fmt, lin, device=cfg.device)
+        tables = chunk_tables(point.index, dict(point.swept), fmt, {"loss": meas}, x,
+                              batch.targets, cfg.reduction, cmp)
+        return tables, x, batch.targets, {".hidden": h, ".classifier": w}
     x = to_format(batch.logits, in_fmt)
     t = batch.targets if batch.targets.ndim == 2 else to_format(batch.targets, in_fmt)
     keywords = loss_keywords(cfg, point, batch, in_fmt)
     impls = [get_implementation(k) for k in implementation_keys(cfg)]
+    shown = presentation(point)
     measurements = {q: measure(x, t, fmt, impls, reduction=cfg.reduction, device=cfg.device,
-                               keywords=keywords, quantity=q) for q in quantities(cfg)}
-    cmp = None
-    if cfg.compare is not None and get_format(fmt).name in compare_formats(cfg):
-        cmp = compare_keys(cfg)
+                               keywords=keywords, quantity=q, presentation=shown)
+                    for q in quantities(cfg)}
     tables = chunk_tables(point.index, dict(point.swept), fmt, measurements, x, t,
                           cfg.reduction, cmp)
-    return tables, x, t, keywords.get("weight")
+    extra = {".weight": keywords["weight"]} if "weight" in keywords else {}
+    return tables, x, t, extra
 
 
 def loss_keywords(cfg: ExperimentConfig, point: SweepPoint, batch: InputBatch,
@@ -206,11 +237,11 @@ def loss_keywords(cfg: ExperimentConfig, point: SweepPoint, batch: InputBatch,
     return kw
 
 
-_CACHED: dict[tuple[str, int], InputBatch] = {}
+_CACHED: dict[tuple[str, int], Batch] = {}
 
 
 def chunk_job(data: dict[str, Any], source: str, point_index: int, fmt: str
-              ) -> tuple[ChunkTables, np.ndarray, np.ndarray, "np.ndarray | None", float]:
+              ) -> tuple[ChunkTables, np.ndarray, np.ndarray, "dict[str, np.ndarray]", float]:
     """One chunk from a config's raw data: what an executor runs in another process (or on a
     cluster).  Returns the chunk's tables, its rounded inputs and targets, and its seconds.
     The point's generated inputs are kept for the next chunk of the same point."""
@@ -226,9 +257,13 @@ def chunk_job(data: dict[str, Any], source: str, point_index: int, fmt: str
 
 
 def _save_chunk(partial: Path, t: ChunkTables, x: np.ndarray, y: np.ndarray,
-                weight: "np.ndarray | None" = None) -> None:
+                extra: "dict[str, np.ndarray] | None" = None) -> None:
+    """Write a finished chunk; its inputs: the logits, unless the chunk has hidden states
+    (then the logits are derived, and the hidden states and weight are stored instead)."""
     w = store.Writer(partial)
-    store.save_inputs(partial / store.INPUTS_DIR, t.key, x, y, weight)
+    extra = extra or {}
+    store.save_inputs(partial / store.INPUTS_DIR, t.key, None if ".hidden" in extra else x, y,
+                      extra=extra)
     w.parquet(f"{t.key}.rows.parquet", t.rows)
     w.json(f"{t.key}.json", {"summary": [r.to_row(True) for r in t.summary],
                              "agreement": [r.to_row(True) for r in t.agreement],
@@ -426,7 +461,7 @@ def _run_locked(cfg: ExperimentConfig, out_root: Path, target: Path, state: str,
                            slow_rows={k: c.slow_rows for k, c in done.items()})
         save_manifest(manifest)
 
-    cached: "tuple[int, InputBatch] | None" = None
+    cached: "tuple[int, Batch] | None" = None
     try:
         with progress.stage("compute", total=len(keys)) as advance:
             todo = []
@@ -480,7 +515,7 @@ def _run_locked(cfg: ExperimentConfig, out_root: Path, target: Path, state: str,
         if cfg.compare is not None:
             a, b, tol = compare_keys(cfg) or ("", "", 0.0)
             cmp = (a, b, tol, compare_formats(cfg))
-        inputs_keys = [k + suffix for _, _, k in keys for suffix in ("", ".targets", ".weight")]
+        inputs_keys = [k + suffix for _, _, k in keys for suffix in INPUT_SUFFIXES]
         manifest, run_info = publish(out_root, manifest, run_info, chunks,
                                      reduction=cfg.reduction, compare=cmp,
                                      inputs_from=partial / store.INPUTS_DIR,

@@ -58,7 +58,7 @@ from precision_lab.numerics.formats import get_format
 
 __all__ = ["to_jsonable", "dumps", "number", "sha256_of", "Writer", "Results", "open_results",
            "read_manifest", "folder_state", "verify", "FolderLock", "now_iso", "INPUTS_DIR",
-           "save_inputs", "load_inputs"]
+           "save_inputs", "load_inputs", "load_array_bits"]
 
 MANIFEST = "manifest.json"
 RUN_INFO = "run.json"
@@ -201,20 +201,31 @@ def _npy(a: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def save_inputs(folder: Path, chunk: str, logits: np.ndarray, targets: np.ndarray,
-                weight: "np.ndarray | None" = None) -> list[str]:
-    """Store a chunk's rounded inputs under ``folder``: ``<chunk>.npy`` (the logits),
-    ``<chunk>.targets.npy`` (class indices, or probabilities in the logits' format) and, with
-    class weights, ``<chunk>.weight.npy``; bfloat16 arrays as their uint16 bits.  Returns the
-    file names written."""
+def save_inputs(folder: Path, chunk: str, logits: "np.ndarray | None", targets: np.ndarray,
+                weight: "np.ndarray | None" = None,
+                extra: "dict[str, np.ndarray] | None" = None) -> list[str]:
+    """Store a chunk's rounded inputs under ``folder``: ``<chunk>.npy`` (the logits; None: not
+    stored), ``<chunk>.targets.npy`` (class indices, or probabilities in the logits' format),
+    with class weights ``<chunk>.weight.npy``, and each ``extra`` array under
+    ``<chunk><suffix>.npy`` (suffix such as ".hidden"); bfloat16 arrays as their uint16
+    bits.  Returns the file names written."""
     folder.mkdir(parents=True, exist_ok=True)
     out = []
     for name, a in ((f"{chunk}.npy", logits), (f"{chunk}.targets.npy", targets),
-                    (f"{chunk}.weight.npy", weight)):
+                    (f"{chunk}.weight.npy", weight),
+                    *((f"{chunk}{sfx}.npy", arr) for sfx, arr in (extra or {}).items())):
         if a is not None:
             _atomic_bytes(folder / name, _npy(np.asarray(a)))
             out.append(name)
     return out
+
+
+def load_array_bits(folder: Path, name: str, fmt: str, mmap: bool = True) -> np.ndarray:
+    """One stored input array (``name`` with its ``.npy``) in ``fmt``'s dtype (bfloat16
+    restored from its uint16 bits)."""
+    f = get_format(fmt)
+    a = np.load(folder / name, mmap_mode="r" if mmap else None, allow_pickle=False)
+    return a.view(f.np_dtype) if f.name == "bfloat16" and a.dtype == np.uint16 else a
 
 
 def load_inputs(folder: Path, chunk: str, fmt: "str | None" = None, mmap: bool = True
@@ -378,8 +389,22 @@ class Results:
         return self._cache["rows"]
 
     def has_inputs(self) -> bool:
-        return bool(self.manifest.inputs) and all((self.root / r).is_file()
-                                                  for r in self.manifest.inputs)
+        """Whether every chunk's logits are stored (not so for the linear generator, whose
+        chunks store hidden states and a weight: :meth:`linear_inputs`)."""
+        return (bool(self.manifest.inputs)
+                and all((self.root / r).is_file() for r in self.manifest.inputs)
+                and all(f"{INPUTS_DIR}/{c}.npy" in self.manifest.inputs
+                        for c in self.manifest.chunks))
+
+    def linear_inputs(self, point: int, fmt: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The linear generator's rounded hidden states (S, B, K), classifier weight (V, K)
+        and targets (S, B) of a chunk (memory-mapped)."""
+        chunk = f"p{point:05d}_{fmt}"
+        in_fmt = self.manifest.config.get("input_format") or fmt
+        folder = self.root / INPUTS_DIR
+        return (load_array_bits(folder, f"{chunk}.hidden.npy", in_fmt),
+                load_array_bits(folder, f"{chunk}.classifier.npy", in_fmt),
+                np.load(folder / f"{chunk}.targets.npy", mmap_mode="r", allow_pickle=False))
 
     def inputs(self, point: int, fmt: str) -> tuple[np.ndarray, np.ndarray]:
         """The rounded logits (S, B, V) and targets (S, B) the chunk measured (memory-mapped;

@@ -17,9 +17,10 @@ vocabularies.
 
 The values are never changed: ``present(x, ...)[:, :V]`` equals ``x`` element for element,
 and the truth is always computed on ``x`` itself.  Numpy implementations compute the same
-values on any layout; torch ones receive it through :func:`~.llm.as_tensor`, which keeps the
-strides (``implementations.base.to_torch`` makes a contiguous copy first, so the registry's
-torch entries see only contiguous logits until it keeps them too).
+values on any layout; torch ones receive it through :func:`~.llm.as_tensor` or
+``implementations.base.to_torch``, both of which keep the strides.  Experiment configs reach
+this through their ``layout``, ``pad_vocab_to`` and ``pad_value`` keys
+(:class:`precision_lab.experiment.measure.Presentation`).
 """
 
 from __future__ import annotations
