@@ -16,7 +16,8 @@ EXPERIMENTS += experiments/label_smoothing.toml experiments/ignore_index_padding
                experiments/class_weights.toml experiments/zloss_softcap.toml \
                experiments/gradients_half.toml experiments/batch_reduction.toml
 EXPERIMENTS += experiments/llm/llm_vocab.toml experiments/llm/llm_confident.toml \
-               experiments/llm/llm_zloss_softcap.toml
+               experiments/llm/llm_zloss_softcap.toml experiments/llm/llm_layouts.toml \
+               experiments/llm/llm_fused_linear.toml
 RUN_FLAGS ?= --force
 
 .PHONY: run table test lint venv clean-results
