@@ -633,24 +633,20 @@ def test_zoo_rejects_bad_keywords_and_targets():
         kahan(x, np.array([0, 4]), F32)
 
 
-def test_llm_configs_are_valid_once_get_implementation_knows_the_zoo(monkeypatch):
-    """experiments/llm/*.toml name parameterized keys; with resolve_zoo tried first (the hook
-    the registry's get_implementation is to get) they load, and every key resolves."""
+def test_llm_configs_load_and_name_every_key_canonically():
+    """experiments/llm/*.toml load as they are and spell every key in its canonical form
+    (defaults left out), the form the results are filed under."""
     from pathlib import Path
 
-    import precision_lab.experiment.config as config
+    from precision_lab.experiment.config import load_config
+    from precision_lab.implementations import get_implementation
 
-    orig = config.get_implementation
-
-    def hooked(key):
-        z = resolve_zoo(key) if isinstance(key, str) else None
-        return z if z is not None else orig(key)
-
-    monkeypatch.setattr(config, "get_implementation", hooked)
     paths = sorted((Path(__file__).parent.parent / "experiments" / "llm").glob("*.toml"))
-    assert len(paths) >= 2
+    assert len(paths) >= 5
     for path in paths:
-        cfg = config.load_config(path)
+        cfg = load_config(path)
         assert cfg.question.strip()
+        linear = cfg.inputs.generator == "linear"
         for key in cfg.implementations:
-            assert hooked(key).key == key  # canonical spelling in the configs
+            impl = resolve_linear(key) if linear else get_implementation(key)
+            assert impl.key == key, (path.name, key)
