@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import math
 import re
 from pathlib import Path
@@ -213,3 +214,56 @@ def test_summary_ranks_the_implementations_by_worst_then_median_error(overflow_r
     for r in rows:
         assert f"{worst[r[2]]:.4g}" == r[6]
         assert r[-1] and "max shift" in r[-1]  # each family's design phrase is shown
+
+
+def test_float64_overflow_is_analysed(write_config, tmp_path: Path) -> None:
+    """naive in float64 overflows where lse(x) > ln(max float64) = 709.78 (counted here in
+    mpmath from the stored inputs); the overflow analysis handles float64's smallest
+    subnormal (whose half is 0 in float64) and reports that count."""
+    import mpmath
+
+    from precision_lab.experiment.store import open_results
+
+    run = _run(write_config, tmp_path, """
+        name = "ovf64"
+        question = "Where does naive overflow in float64?"
+        classes = 4
+        batch_size = 8
+        samples = 2
+        seed = 5
+        formats = ["float64"]
+        implementations = ["naive", "lse"]
+        [inputs]
+        generator = "normal"
+        mean = 709.0
+        scale = 1.0
+        """)
+    analyses = json.loads((run / "analyses.json").read_text())
+    assert "failed" not in analyses.get("overflow", {}), analyses.get("overflow")
+    res = open_results(run)
+    x, _ = res.inputs(0, "float64")
+    with mpmath.workdps(50):
+        over = sum(mpmath.log(mpmath.fsum(mpmath.exp(mpmath.mpf(float(v))) for v in row))
+                   > mpmath.log(mpmath.mpf(np.finfo(np.float64).max))
+                   for row in np.asarray(x).reshape(-1, 4))
+    assert 0 < over < 16
+    md = (run / "report.md").read_text()
+    assert f"exactly the {over} of 16 rows" in md
+
+
+def test_a_failing_analysis_is_reported_not_raised(write_config, tmp_path: Path,
+                                                   monkeypatch) -> None:
+    """An analysis that raises is recorded as failed in analyses.json; its figure is left out
+    and the rest of the report is written."""
+    import precision_lab.explain.analyses as A
+
+    def broken(ctx):
+        raise ValueError("broken on purpose")
+
+    monkeypatch.setattr(A, "ANALYSES", [(n, broken if n == "overflow" else f)
+                                        for n, f in A.ANALYSES])
+    run = _run(write_config, tmp_path, OVERFLOW)
+    analyses = json.loads((run / "analyses.json").read_text())
+    assert analyses["overflow"] == {"failed": "ValueError: broken on purpose"}
+    assert not (run / "plots" / "nonfinite_vs_overflow_margin.png").exists()
+    assert (run / "plots" / "ulp_hist.png").exists() and (run / "report.md").exists()

@@ -73,9 +73,15 @@ class Extra:
     appendix: list[Block] = dataclasses.field(default_factory=list)
 
 
+def _failed(record: Any) -> bool:
+    """An analysis that raised is recorded as {"failed": message} (see run_analyses)."""
+    return isinstance(record, dict) and "failed" in record
+
+
 def _figures(ctx: Context, an: dict[str, Any]) -> list[Callable[[], "P.Figure | None"]]:
     """The figures that apply, in the order the report shows them (analyses first)."""
     out: list[Callable[[], "P.Figure | None"]] = []
+    an = {k: v for k, v in an.items() if not _failed(v)}  # a failed analysis draws nothing
     if "overflow" in an:
         out.append(lambda: P.overflow_figure(ctx, an["overflow"]))
     if "cancellation" in an:

@@ -181,7 +181,7 @@ def overflow(ctx: Context) -> "OverflowAnalysis | None":
             c_sh = nf & ~inp & ~c_exp & (sp >= f.max_finite)
             c_un = nf & ~inp & ~c_exp & ~c_sh & (lse > lnM)
             with np.errstate(invalid="ignore"):
-                tiny = (xt - lse) < math.log(f.smallest_subnormal / 2)
+                tiny = (xt - lse) < math.log(f.smallest_subnormal) - math.log(2.0)
             c_pu = nf & ~inp & ~c_exp & ~c_sh & ~c_un & tiny
             c_other = nf & ~c_in & ~c_exp & ~c_sh & ~c_un & ~c_pu
             above = ~inp & (lse > lnM)
