@@ -191,11 +191,8 @@ def _run_one(cfg: Any, out: Path, force: bool, resume: bool, progress: Any, comm
 
 
 def _mib(rss: dict[str, float]) -> str:
-    """Peak RSS record -> "812 MiB (this process), 1,203 MiB (largest child process)"."""
-    text = f"{rss.get('process', 0):,.0f} MiB (this process)"
-    if rss.get("workers"):
-        text += f", {rss['workers']:,.0f} MiB (largest child process)"
-    return text
+    """Peak RSS record -> "812 MiB (this process; workers not included)"."""
+    return f"{rss.get('process', 0):,.0f} MiB (this process; workers not included)"
 
 
 def _say_done(cfg: Any, res: Any) -> None:

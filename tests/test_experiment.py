@@ -337,7 +337,7 @@ def test_run_json_records_the_peak_memory(tiny_config, tmp_path):
     res = run_experiment(load_config(tiny_config), tmp_path / "out", finalize=_report)
     after = _proc_status_kib("VmHWM") / 1024
     peak = res.run_info.peak_rss_mib
-    assert set(peak) == {"process", "workers"}
+    assert set(peak) == {"process"}
     assert before - 1 <= peak["process"] <= after + 1
     assert "peak_rss_mib" in (res.path / "run.json").read_text()
     assert "peak" not in (res.path / "manifest.json").read_text()

@@ -50,14 +50,13 @@ def environment(device: str = "cpu") -> dict[str, Any]:
 
 
 def peak_rss_mib() -> dict[str, float]:
-    """Peak resident memory so far, in MiB (2**20 bytes): ``process`` is this process's
-    high-water mark, ``workers`` the largest of its finished child processes' (local workers;
-    0 when none ran; a Dask cluster's workers are not seen).  Linux and macOS report
-    ``ru_maxrss`` in KiB and bytes respectively."""
-    unit = 2.0 ** 20 if platform.system() == "Darwin" else 2.0 ** 10
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * unit / 2 ** 20
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * unit / 2 ** 20
-    return {"process": round(own, 1), "workers": round(kids, 1)}
+    """Peak resident memory of this process so far, in MiB (2**20 bytes), as ``{"process":
+    ...}``.  Worker processes (``--workers``, a Dask cluster) are not included: they are alive
+    when a run finishes, and the kernel accounts a child only once it has been waited for.
+    Linux reports ``ru_maxrss`` in KiB, macOS in bytes."""
+    unit = 1.0 if platform.system() == "Darwin" else 2.0 ** 10
+    return {"process": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * unit
+                             / 2 ** 20, 1)}
 
 
 def platform_info() -> dict[str, str]:

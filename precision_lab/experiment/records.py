@@ -102,7 +102,7 @@ class RunInfo:
         platform: system, release, machine, processor, python implementation, host name.
         git: {"commit", "dirty"} of the package's checkout, when it is one.
         peak_rss_mib: peak resident memory in MiB when the run finished ("process": the
-            process that ran the command, "workers": the largest local worker process).
+            process that ran the command; worker processes are not included).
     """
 
     started_at: str = ""
