@@ -10,7 +10,7 @@ its values are checked bit for bit against the fast path's on that prefix.  Prin
 and logits/s of each path, the share of rows the fast path sent to the exact path, and the
 speed-up (fast rows/s over exact rows/s).  For scale it also times "plain mpmath" on one
 row: log(fsum(exp(x_j))) - x_t element by element at 50 digits, the naive reference that
-issue 5 starts from (not correctly rounded, and 0 in the cancellation regime), and prints
+a first attempt writes (not correctly rounded, and 0 in the cancellation regime), and prints
 the fast path's speed-up over it.
 """
 

@@ -109,7 +109,7 @@ def run_command(
     scheduler: Optional[str] = typer.Option(None, "--scheduler",
                                             help="Address of a Dask scheduler "
                                                  "(tcp://HOST:PORT) to compute the chunks on "
-                                                 "(needs precision-lab[cluster]); the tables "
+                                                 "(needs precision-lab\\[cluster]); the tables "
                                                  "are the same as a local run's."),
     connect_timeout: float = typer.Option(30.0, "--connect-timeout", min=0.1,
                                           help="Seconds to wait for the --scheduler before "
@@ -230,12 +230,12 @@ def list_command() -> None:
     t.add_column("name")
     t.add_column("config")
     t.add_column("question", overflow="fold")
-    for path in sorted(exp_dir.glob("*.toml")) if exp_dir else []:
+    for path in sorted(exp_dir.rglob("*.toml")) if exp_dir else []:
         try:
             cfg = load_config(path)
-            t.add_row(cfg.name, path.name, " ".join(cfg.question.split()))
+            t.add_row(cfg.name, str(path.relative_to(exp_dir)), " ".join(cfg.question.split()))
         except ConfigError as exc:
-            t.add_row(path.stem, path.name, f"(invalid: {exc})")
+            t.add_row(path.stem, str(path.relative_to(exp_dir)), f"(invalid: {exc})")
     con.print(t)
     t = Table(title="Implementations (config key `implementations`; or 'package.module:function')",
               title_justify="left")

@@ -115,6 +115,7 @@ def test_list_shows_experiments_implementations_formats():
     r = invoke("list")
     assert r.exit_code == 0, r.output
     assert "seed_question" in r.output and "seed_81_percent" in r.output
+    assert "llm_vocab" in r.output and "llm_fused_linear" in r.output  # experiments/llm too
     assert "torch_manual" in r.output and "lse_log1p" in r.output
     assert "bfloat16" in r.output and "65504" in r.output
 

@@ -389,3 +389,10 @@ def test_every_registered_key_names_the_design_choice_behind_its_error():
         assert design_note(key), key
     assert design_note("chunked(chunk_size=4096, reduce=kahan)") == design_note("chunked")
     assert design_note("mypkg.losses:my_ce") is None
+
+
+def test_reduce_own_is_the_default_and_left_out_of_the_canonical_key():
+    assert get_implementation("torch(reduce=own)").key == "torch"
+    assert get_implementation("chunked(chunk_size=4096, reduce=own)").key == \
+        "chunked(chunk_size=4096)"
+    assert get_implementation("lse(reduce=kahan)").key == "lse(reduce=kahan)"

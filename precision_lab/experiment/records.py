@@ -49,7 +49,8 @@ class Manifest:
 
     Attributes:
         name, question, description, notes: from the config (or the study).
-        kind: "experiment" (a config run) or "study" (capability, cuda, ...).
+        kind: "experiment" (a config run), "study" (capability, cuda), "search",
+            "exhaustive" or "table" (precision_lab.search).
         status: "partial" (chunks still missing) or "complete".
         config: the resolved config (defaults filled in, names canonical).
         config_sha256: sha256 of the canonical JSON of ``config``.

@@ -67,7 +67,7 @@ Arithmetic model (measured with numpy 2.4.6, ml_dtypes 0.6.0, torch 2.13.0 CPU, 
   BHH form internally: a_max + log(#maxima) + log1p(sum of the others / #maxima).
 
 Devices: the three torch implementations take ``device=`` ("cpu" by default; "cuda" runs
-torch's GPU kernels on the same values, see :mod:`precision_lab.cuda_check`).
+torch's GPU kernels on the same values, see :mod:`precision_lab.studies.cuda`).
 
 Tracing (per-step attribution).  The step-wise implementations (``Implementation.stepwise``)
 take a keyword ``trace: list | None = None``.  When a list is given, one :class:`Step` per

@@ -189,6 +189,8 @@ def _with_params(base: Implementation, text: str, params: dict[str, str]) -> Imp
             raise ValueError(f"implementation {text!r}: reduce={method!r}; allowed: "
                              f"{', '.join(allowed)}")
         impl = dataclasses.replace(impl, reduce_method=method)
+    if method == "own":  # the default: left out of the canonical key
+        method = None
     if method is None:
         return impl if rest else dataclasses.replace(impl, key=base.key)
     key = impl.key if rest else base.key

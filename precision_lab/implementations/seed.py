@@ -1,4 +1,4 @@
-"""The seed question's manual cross-entropy, verbatim (../shared/seed/: "Cross Entropy in PyTorch").
+"""The seed question's manual cross-entropy, verbatim (the question "Cross Entropy in PyTorch").
 
 Kept in one place because three things must run exactly the seed's arithmetic: the
 ``ATEN_CPU_CAPABILITY`` study (:mod:`precision_lab.studies.capability`), and the tests that

@@ -34,8 +34,8 @@ ZOO_IMPLEMENTATIONS: dict[str, Implementation] = {
     **LLM_IMPLEMENTATIONS, **JAX_IMPLEMENTATIONS, **COMPILED_IMPLEMENTATIONS}
 
 
-#: The loss keywords each zoo family takes (names of numerics.semantics' KEYWORDS), for
-#: ``Capabilities.keywords`` once capabilities carry them.
+#: The loss keywords each zoo family takes (names of numerics.semantics' KEYWORDS): its
+#: ``Capabilities.keywords``.
 ZOO_KEYWORDS: dict[str, frozenset[str]] = {
     **LOSS_KEYWORDS,
     "torch_compile": frozenset({"weight", "ignore_index", "label_smoothing"}),

@@ -174,7 +174,8 @@ def write_report(res: Results, progress: Progress = NO_PROGRESS,
 # --------------------------------------------------------------------------- sections
 
 def _rank_key(s: Any) -> tuple[float, float, float]:
-    """Worst first: any inf/NaN, then the largest, then the median ULP error (NaN last)."""
+    """Sort key, best first: no inf/NaN before any, then the smallest maximum, then the
+    smallest median ULP error (a NaN statistic counts as infinite)."""
     def num(v: Any) -> float:
         return math.inf if v is None or v != v else float(v)
     nf = sum(s.categories.get(c, 0) for c in NONFINITE_CATEGORIES)
