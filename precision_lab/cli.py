@@ -231,11 +231,12 @@ def list_command() -> None:
     t.add_column("config")
     t.add_column("question", overflow="fold")
     for path in sorted(exp_dir.rglob("*.toml")) if exp_dir else []:
+        rel = str(path.relative_to(exp_dir)) if exp_dir else path.name
         try:
             cfg = load_config(path)
-            t.add_row(cfg.name, str(path.relative_to(exp_dir)), " ".join(cfg.question.split()))
+            t.add_row(cfg.name, rel, " ".join(cfg.question.split()))
         except ConfigError as exc:
-            t.add_row(path.stem, str(path.relative_to(exp_dir)), f"(invalid: {exc})")
+            t.add_row(path.stem, rel, f"(invalid: {exc})")
     con.print(t)
     t = Table(title="Implementations (config key `implementations`; or 'package.module:function')",
               title_justify="left")
