@@ -34,18 +34,20 @@ def pairwise_sum(x: np.ndarray) -> np.ndarray:
     up unchanged, until one value is left: for V = 5, ((x0 + x1) + (x2 + x3)) + x4.  Every
     addition is one numpy ufunc call on arrays of x's dtype, so it is rounded once to that
     format (see the module docstring for float16/bfloat16).  Error bound about
-    ceil(log2 V) * u * sum|x_j|.  V = 0 gives 0.  Returns shape x.shape[:-1].
+    ceil(log2 V) * u * sum|x_j|.  V = 0 gives 0.  Returns shape x.shape[:-1].  Overflow gives
+    inf and inf - inf NaN, silently, as the hardware would.
     """
     x = np.asarray(x)
     if x.shape[-1] == 0:
         return np.zeros(x.shape[:-1], dtype=x.dtype)
-    while x.shape[-1] > 1:
-        n = x.shape[-1]
-        h = n // 2
-        s = x[..., 0 : 2 * h : 2] + x[..., 1 : 2 * h : 2]
-        if n % 2:
-            s = np.concatenate([s, x[..., n - 1 :]], axis=-1)
-        x = s
+    with np.errstate(over="ignore", invalid="ignore"):
+        while x.shape[-1] > 1:
+            n = x.shape[-1]
+            h = n // 2
+            s = x[..., 0 : 2 * h : 2] + x[..., 1 : 2 * h : 2]
+            if n % 2:
+                s = np.concatenate([s, x[..., n - 1 :]], axis=-1)
+            x = s
     return x[..., 0]
 
 
