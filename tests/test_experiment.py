@@ -341,3 +341,13 @@ def test_run_json_records_the_peak_memory(tiny_config, tmp_path):
     assert before - 1 <= peak["process"] <= after + 1
     assert "peak_rss_mib" in (res.path / "run.json").read_text()
     assert "peak" not in (res.path / "manifest.json").read_text()
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc")
+def test_peak_memory_is_the_experiments_own(tiny_config, tmp_path):
+    """A large array freed before the run does not count: the peak starts at the run."""
+    big = np.ones(2 ** 26)  # 512 MiB
+    big[::512] = 2.0
+    del big
+    res = run_experiment(load_config(tiny_config), tmp_path / "out")
+    assert res.run_info.peak_rss_mib["process"] < _proc_status_kib("VmRSS") / 1024 + 400

@@ -49,11 +49,24 @@ def environment(device: str = "cpu") -> dict[str, Any]:
     return env
 
 
+def reset_peak_rss() -> bool:
+    """Reset this process's peak resident size to its current size (Linux: ``clear_refs``),
+    so that :func:`peak_rss_mib` measures from here on, e.g. one experiment of several run by
+    one command.  False where the system cannot (the peak then counts from process start)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def peak_rss_mib() -> dict[str, float]:
-    """Peak resident memory of this process so far, in MiB (2**20 bytes), as ``{"process":
-    ...}``.  Worker processes (``--workers``, a Dask cluster) are not included: they are alive
-    when a run finishes, and the kernel accounts a child only once it has been waited for.
-    Linux reports ``ru_maxrss`` in KiB, macOS in bytes."""
+    """Peak resident memory of this process since start or the last :func:`reset_peak_rss`,
+    in MiB (2**20 bytes), as ``{"process": ...}``.  Worker processes (``--workers``, a Dask
+    cluster) are not included: they are alive when a run finishes, and the kernel accounts a
+    child only once it has been waited for.  Linux reports ``ru_maxrss`` in KiB, macOS in
+    bytes."""
     unit = 1.0 if platform.system() == "Darwin" else 2.0 ** 10
     return {"process": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * unit
                              / 2 ** 20, 1)}

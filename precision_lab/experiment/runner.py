@@ -68,6 +68,7 @@ from precision_lab.experiment.provenance import (
     git_info,
     peak_rss_mib,
     platform_info,
+    reset_peak_rss,
 )
 from precision_lab.experiment.records import (
     AgreementRow,
@@ -403,6 +404,7 @@ def run_experiment(cfg: ExperimentConfig, out_root: "str | Path" = "results", *,
         KeyboardInterrupt: likewise, the finished chunks are kept.
     """
     t_start = time.perf_counter()
+    reset_peak_rss()  # run.json's peak memory is this experiment's, not the command's
     out_root = Path(out_root)
     target = out_root / cfg.name
     state, old = preflight(cfg, out_root, force=force, resume=resume)
