@@ -26,6 +26,7 @@ def test_same_kernels_agree_bit_for_bit(analyzed) -> None:
     folder, gpu = analyzed
     res = open_results(folder)
     assert res.manifest.kind == "study"
+    assert "could not run" not in (folder / "report.md").read_text()
     pairs = [r for r in res.agreement()
              if r.implementation_a.split("@")[0] == r.implementation_b.split("@")[0]]
     assert pairs and all(r.identical_rate == 1.0 for r in pairs)

@@ -267,3 +267,31 @@ def test_a_failing_analysis_is_reported_not_raised(write_config, tmp_path: Path,
     assert analyses["overflow"] == {"failed": "ValueError: broken on purpose"}
     assert not (run / "plots" / "nonfinite_vs_overflow_margin.png").exists()
     assert (run / "plots" / "ulp_hist.png").exists() and (run / "report.md").exists()
+
+
+def test_bounds_and_attribution_use_the_plain_loss_points_only(write_config, tmp_path: Path):
+    """The bounds and the step replay are about -log softmax(x)_t: with z_loss swept over
+    [0, 1e-3] they use the 32 rows of the z_loss = 0 point only; with z-loss at every point
+    neither analysis applies."""
+    base = """
+        name = "zl"
+        question = "Bounds with z-loss?"
+        classes = 8
+        batch_size = 8
+        samples = 4
+        seed = 9
+        formats = ["float32"]
+        implementations = ["lse", "lse_log1p", "torch"]
+        [inputs]
+        generator = "normal"
+        scale = 4.0
+        [loss]
+        """
+    run = _run(write_config, tmp_path, base + "z_loss = [0.0, 1e-3]\n")
+    an = json.loads((run / "analyses.json").read_text())
+    assert an["bounds"]["checks"] and all(c["rows"] == 32 for c in an["bounds"]["checks"])
+    run2 = run_experiment(load_config(write_config(base.replace('"zl"', '"zl2"')
+                                                   + "z_loss = 1e-3\n", "b.toml")),
+                          tmp_path / "out", finalize=_report).path
+    an2 = json.loads((run2 / "analyses.json").read_text())
+    assert "bounds" not in an2 and "attribution" not in an2

@@ -218,7 +218,7 @@ def row_facts_data(res: Results) -> "RowFactsData | None":
     if "row_facts_data" in res._cache:
         return res._cache["row_facts_data"]
     t = res.row_facts()
-    if t is None:
+    if t is None or t.num_rows == 0:  # reduced batches have no per-row facts
         return None
     facts = {c: np.asarray(t.column(c).to_numpy(zero_copy_only=False))
              for c in t.column_names if c != "format"}

@@ -122,10 +122,11 @@ def publish_study(study: Study, chunks: list[StudyChunk], out_root: "str | Path"
                     store.save_inputs(tmp, key, c.x, c.t)
                     advance(1)
             points: dict[int, dict[str, Any]] = {c.point: dict(c.params) for c in chunks}
+            config = {**study.config, "reduction": study.reduction}
             manifest = Manifest(
                 name=study.name, question=study.question, kind="study",
-                description=study.description, notes=study.notes, config=study.config,
-                config_sha256=_digest(study.config), sweep_axes=list(study.sweep_axes),
+                description=study.description, notes=study.notes, config=config,
+                config_sha256=_digest(config), sweep_axes=list(study.sweep_axes),
                 points=[{"point": p, "params": v} for p, v in sorted(points.items())],
                 chunks=[chunk_key(c.point, c.fmt) for c in chunks], chunks_done=len(chunks),
                 environment={**environment(study.device), **study.environment})

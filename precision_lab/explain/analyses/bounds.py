@@ -72,7 +72,8 @@ def bounds(ctx: Context) -> "BoundsAnalysis | None":
         f = get_format(fm)
         scatter[fm] = {}
         for im, kind in _BOUND_KINDS:
-            idx = np.flatnonzero(d.fmt_mask(fm) & d.impl_mask(im) & d.cat_mask("finite"))
+            idx = np.flatnonzero(d.fmt_mask(fm) & d.impl_mask(im) & d.cat_mask("finite")
+                                 & ctx.plain)
             if idx.size < 20:
                 continue
             idx = idx[sample_idx(idx.size, BOUNDS_SAMPLE_ROWS)]
@@ -155,7 +156,7 @@ def attribution(ctx: Context) -> "AttributionAnalysis | None":
             impl = REGISTRY.get(im)
             if impl is None or not impl.capabilities.trace:
                 continue
-            sel = np.flatnonzero(d.fmt_mask(fm) & d.impl_mask(im))
+            sel = np.flatnonzero(d.fmt_mask(fm) & d.impl_mask(im) & ctx.plain)
             err = np.where(np.isfinite(d.ulp_error[sel]), d.ulp_error[sel], np.inf)
             bad = d.cat_mask(*NONFINITE_CATEGORIES)[sel]
             score = np.where(bad, np.inf, err)
@@ -182,7 +183,7 @@ def attribution(ctx: Context) -> "AttributionAnalysis | None":
         if "torch" in d.implementations:
             tot: dict[str, int] = {}
             n_rows = 0
-            pts = np.unique(d.point[d.fmt_mask(fm)]).tolist()
+            pts = np.unique(d.point[d.fmt_mask(fm) & ctx.plain]).tolist()
             per_pt = max(1, FUSED_SAMPLE_ROWS // max(len(pts), 1))
             for pt in pts:
                 x, t = ctx.res.inputs(pt, fm)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -21,7 +22,7 @@ from precision_lab.explain.data import (
 from precision_lab.numerics.stats import ErrorStats
 
 __all__ = ["Context", "context", "transient", "first_and_clean", "sample_idx",
-           "input_nonfinite"]
+           "input_nonfinite", "plain_points"]
 
 
 def transient() -> Any:
@@ -46,6 +47,33 @@ class Context:
     @property
     def has_inputs(self) -> bool:
         return self.res.has_inputs()
+
+    @cached_property
+    def plain(self) -> np.ndarray:
+        """Per sample: whether its sweep point measures the plain loss of the stored logits
+        (see :func:`plain_points`), the loss the step replays and error bounds are about."""
+        return np.isin(self.data.point, sorted(plain_points(self.res)))
+
+
+def plain_points(res: Results) -> set[int]:
+    """The sweep points whose kernels compute the plain cross-entropy -log softmax(x)_t of
+    the stored logits: no z-loss, soft-cap, label smoothing, ignored rows, class weights
+    other than 1 or probability targets, and any padding masked.  The error bounds and the
+    per-step attribution are derived for that loss only; other points are left out of them."""
+    loss = res.manifest.config.get("loss") or {}
+    top = res.manifest.config
+    out = set()
+    for p in res.manifest.points:
+        v = {"pad_vocab_to": top.get("pad_vocab_to"), "pad_value": top.get("pad_value"),
+             **loss, **p.get("params", {})}
+        spread = v.get("weight_spread")
+        if (v.get("targets", "index") == "index" and v.get("weight") is None
+                and (spread is None or spread == 1)
+                and not v.get("z_loss") and v.get("softcap") is None
+                and not v.get("label_smoothing") and not v.get("ignore_fraction")
+                and (v.get("pad_vocab_to") is None or v.get("pad_value") == "masked")):
+            out.add(int(p["point"]))
+    return out
 
 
 def context(res: Results) -> "Context | None":
