@@ -237,9 +237,10 @@ def exhaustive_command(
 
 def table_command(
     config: Optional[Path] = typer.Option(None, "--config", "-c",
-                                          help="Table config (TOML); default: every "
-                                               "implementation x format at V = 2, 10, 1024 "
-                                               "and the float16/bfloat16 pair slices."),
+                                          help="Table config (TOML); default: the eight "
+                                               "classic implementations x every format at "
+                                               "V = 2, 10, 1024 and the float16/bfloat16 "
+                                               "pair slices."),
     out: Path = typer.Option(Path("results"), "--out", "-o",
                              help="Folder that receives the table's folder (<out>/<name>/)."),
     work: Optional[Path] = typer.Option(None, "--work",

@@ -42,6 +42,7 @@ from precision_lab.experiment import store
 from precision_lab.experiment.errors import ConfigError
 from precision_lab.experiment.records import Manifest, RunInfo
 from precision_lab.implementations import REGISTRY, get_implementation
+from precision_lab.implementations.registry import default_keys
 from precision_lab.numerics.formats import FORMATS, get_format, ordered_formats
 from precision_lab.search.chunks import software, spec_hash
 from precision_lab.search.exhaustive import SliceResult, SliceSpec, parse_slice, run_slice
@@ -82,16 +83,15 @@ SLICE_IMPLEMENTATIONS: tuple[str, ...] = ("naive", "naive_softmax", "lse", "lse_
 
 
 def default_spec() -> TableSpec:
-    """Every registered implementation in every format at V = 2, 10 and 1024 (32 search rounds
-    each, seed 0), and the two-class slices over every float16 and bfloat16 pair, target 0."""
-    impls = tuple(REGISTRY)
+    """The committed table: the eight classic implementations (:data:`SLICE_IMPLEMENTATIONS`)
+    in every format at V = 2, 10 and 1024 (32 search rounds each, seed 0), and the two-class
+    slices over every float16 and bfloat16 pair, target 0.  Other implementations (the LLM
+    zoo, torch_upcast, ...) go in a table config's ``implementations``; each then gets
+    searched cells and a slice of its own."""
     base = tuple(k for k in SLICE_IMPLEMENTATIONS if k in REGISTRY)
-    slices = []
-    for fm in ("float16", "bfloat16"):
-        slices.append(SliceSpec(f"{fm}_pairs_t0", fm, base).resolved())
-        slices += [SliceSpec(f"{fm}_pairs_t0_{k}", fm, (k,)).resolved()
-                   for k in impls if k not in base]
-    return TableSpec(implementations=impls, slices=tuple(slices))
+    slices = tuple(SliceSpec(f"{fm}_pairs_t0", fm, base).resolved()
+                   for fm in ("float16", "bfloat16"))
+    return TableSpec(implementations=base, slices=slices)
 
 
 def load_table_config(path: "str | Path") -> TableSpec:
@@ -109,7 +109,7 @@ def load_table_config(path: "str | Path") -> TableSpec:
             raise ConfigError(path, k, "unknown key", allowed)
     base = TableSpec()
     impls = data.get("implementations", "all")
-    impls = list(REGISTRY) if impls == "all" else impls
+    impls = default_keys() if impls == "all" else impls
     fmts = data.get("formats", "all")
     fmts = list(FORMATS) if fmts == "all" else fmts
     if not isinstance(impls, list) or not impls:
