@@ -162,3 +162,51 @@ def test_reduction_decided_exactly_at_the_cap(monkeypatch, side: int) -> None:
     monkeypatch.setattr(reference, "MAX_PRECISION", 150)
     with pytest.raises(ReferenceError, match="sum of rows 0..1: not decided at 150 bits"):
         cross_entropy_detailed(X, np.array([0, 0]), "float64", reduction="sum")
+
+
+def _cap(monkeypatch, bits: int) -> None:
+    from precision_lab.numerics import _ziv, gradient, semantics
+
+    for mod in (reference, semantics, gradient, _ziv):
+        monkeypatch.setattr(mod, "MAX_PRECISION", bits)
+
+
+def test_the_precision_sequence_ends_at_the_cap(monkeypatch) -> None:
+    from precision_lab.numerics._ziv import next_precision
+
+    _cap(monkeypatch, 200)
+    seq = [128]
+    while (w := next_precision(seq[-1])) is not None:
+        seq.append(w)
+    assert seq == [128, 200]
+
+
+@pytest.mark.parametrize("side", [-1, 1])
+def test_training_semantics_row_decided_exactly_at_the_cap(monkeypatch, side: int) -> None:
+    """The keyword path (here class weights of 1: the same loss) tries the cap itself too."""
+    _cap(monkeypatch, 200)
+    x, L = _row_near_float64_midpoint(side, 160)
+    w = np.ones(len(x))
+    ref = cross_entropy_detailed(x[None, :], np.array([0]), "float64", weight=w)
+    assert float(ref.values[0]) == (1 + 2.0**-52 if side > 0 else 1.0)
+    _cap(monkeypatch, 150)
+    with pytest.raises(ReferenceError, match="row 0: .* 150 bits"):
+        cross_entropy_detailed(x[None, :], np.array([0]), "float64", weight=w)
+
+
+@pytest.mark.parametrize("side", [-1, 1])
+def test_training_semantics_sum_decided_exactly_at_the_cap(monkeypatch, side: int) -> None:
+    _cap(monkeypatch, 200)
+    x1 = np.array([0.0, 0.25, -1.5])
+    L1 = exact_loss(x1, 0)
+    with mpmath.workdps(420):
+        M = 1 + mpmath.ldexp(1, -53)
+        x2 = logits_for_loss(M * (1 + side * mpmath.ldexp(1, -160)) - L1, tol_bits=200)
+    X = np.full((2, max(len(x1), len(x2))), -np.inf)
+    X[0, :len(x1)], X[1, :len(x2)] = x1, x2
+    w = np.ones(X.shape[1])
+    ref = cross_entropy_detailed(X, np.array([0, 0]), "float64", reduction="sum", weight=w)
+    assert float(ref.values) == (1 + 2.0**-52 if side > 0 else 1.0)
+    _cap(monkeypatch, 150)
+    with pytest.raises(ReferenceError, match="not decided at 150 bits"):
+        cross_entropy_detailed(X, np.array([0, 0]), "float64", reduction="sum", weight=w)

@@ -18,7 +18,8 @@ from mpmath import libmp
 
 from precision_lab.numerics.formats import Format, round_to
 
-__all__ = ["START_PRECISION", "MAX_PRECISION", "ReferenceError", "ReferenceResult"]
+__all__ = ["START_PRECISION", "MAX_PRECISION", "ReferenceError", "ReferenceResult",
+           "next_precision"]
 
 #: Working precision (bits) of the first exact attempt; it doubles on every retry.
 START_PRECISION = 128
@@ -28,6 +29,12 @@ MAX_PRECISION = 10240
 #: The exact path also refines until the enclosure is this narrow (relative), so that
 #: ``hi + lo`` carries ~100 correct bits.
 _HILO_BITS = 102
+
+def next_precision(W: int) -> "int | None":
+    """The precision of Ziv's next attempt after one at ``W`` bits: double it, capped at
+    :data:`MAX_PRECISION` (the cap itself is tried); None once the cap has been tried."""
+    return None if W >= MAX_PRECISION else min(2 * W, MAX_PRECISION)
+
 
 _FLOOR, _CEIL, _NEAR = libmp.round_floor, libmp.round_ceiling, libmp.round_nearest
 _ONE = libmp.fone

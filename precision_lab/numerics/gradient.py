@@ -58,6 +58,7 @@ from precision_lab.numerics._ziv import (
     ReferenceError,
     _hilo,
     _round_open,
+    next_precision,
 )
 from precision_lab.numerics.formats import Format, get_format
 from precision_lab.numerics.semantics import (
@@ -338,15 +339,15 @@ class _GradRow:
                 q = q * inv
             raw = _rational_raw(q)
             return (I.round_rational(q, f), *_hilo(raw), q == 0)
-        W = START_PRECISION
-        while W <= MAX_PRECISION:
+        W: "int | None" = START_PRECISION
+        while W is not None:
             e = self.interval(j, W)
             if inv is not None:
                 e = I.mul(e, I.from_fraction(inv, W), W)
             a, b = _round_open((e.lo, e.hi), f)
             if a == b and np.signbit(a) == np.signbit(b) and I.width_ok(e, _HILO_BITS):
                 return (a, *_hilo((e.lo, e.hi)), False)
-            W *= 2
+            W = next_precision(W)
         raise ReferenceError(f"row {i}, class {j}: the gradient is not decided at "
                              f"{MAX_PRECISION} bits (enclosure still straddles a rounding "
                              "boundary)")

@@ -87,6 +87,7 @@ from precision_lab.numerics._ziv import (
     _float_enclosure,
     _hilo,
     _round_open,
+    next_precision,
 )
 from precision_lab.numerics.formats import Format, get_format
 
@@ -607,13 +608,13 @@ def _evaluate_loss_row(row: ExactRow, f: Format, index: int):
         v = I.round_rational(q, f)
         raw = _rational_raw(q)
         return (v, *_hilo(raw), raw)
-    W = START_PRECISION
-    while W <= MAX_PRECISION:
+    W: "int | None" = START_PRECISION
+    while W is not None:
         e = row.loss(W)
         a, b = _round_open((e.lo, e.hi), f)
         if a == b and I.width_ok(e, _HILO_BITS):
             return (a, *_hilo((e.lo, e.hi)), (e.lo, e.hi))
-        W *= 2
+        W = next_precision(W)
     raise ReferenceError(f"row {index}: the loss is not decided at {MAX_PRECISION} bits "
                          "(enclosure still straddles a rounding boundary)")
 
@@ -739,7 +740,7 @@ def _reduce(x, T, spec: LossSpec, f: Format, cl: _Classified, enclosures: dict,
             return math.nan, math.nan, 0.0, math.nan, 0
         return 0.0, 0.0, 0.0, 0.0, 0
     extra = 0
-    W = START_PRECISION
+    W: "int | None" = START_PRECISION
     while True:
         exact = _rational_sum(gen, rows)
         if exact is not None:  # every row an exact rational: an exact sum
@@ -749,7 +750,7 @@ def _reduce(x, T, spec: LossSpec, f: Format, cl: _Classified, enclosures: dict,
             q = exact / D
             raw = _rational_raw(q)
             return (I.round_rational(q, f), *_hilo(raw), extra)
-        Wd = W + 2 * max(B, 1).bit_length() + 16
+        Wd = (MAX_PRECISION if W is None else W) + 2 * max(B, 1).bit_length() + 16
         s_lo = s_hi = I.ZERO
         for i in gen:
             a, b = enclosures[i]
@@ -766,7 +767,7 @@ def _reduce(x, T, spec: LossSpec, f: Format, cl: _Classified, enclosures: dict,
             a, b = _round_open((S.lo, S.hi), f)
             if a == b:
                 return (a, *_hilo((S.lo, S.hi)), extra)
-        if W > MAX_PRECISION:
+        if W is None:  # the enclosures were refined at MAX_PRECISION already
             raise ReferenceError(f"{spec.reduction} of rows 0..{B - 1}: not decided at "
                                  f"{MAX_PRECISION} bits")
         for i in gen:
@@ -779,7 +780,7 @@ def _reduce(x, T, spec: LossSpec, f: Format, cl: _Classified, enclosures: dict,
                 enclosures[i] = (e.lo, e.hi)
             else:
                 enclosures[i] = _rational_raw(q)
-        W *= 2
+        W = next_precision(W)
 
 
 def _rational_sum(gen: list, rows: dict) -> "Fraction | None":
