@@ -128,7 +128,6 @@ def run_capability(capability: str, batches: int = 1000, seed: int = 0, timeout:
     env.setdefault("OMP_NUM_THREADS", "1")
     code = ("import json, sys; from precision_lab.studies.capability import run_protocol; "
             f"json.dump(run_protocol({int(batches)}, {int(seed)}), sys.stdout)")
-    t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                           timeout=timeout, cwd=str(Path(__file__).resolve().parents[2]))
     if proc.returncode != 0:
@@ -136,7 +135,6 @@ def run_capability(capability: str, batches: int = 1000, seed: int = 0, timeout:
                            f"({proc.returncode}): {proc.stderr.strip()[-2000:]}")
     out = json.loads(proc.stdout)
     out["requested"] = capability
-    out["seconds"] = round(time.perf_counter() - t0, 2)
     return out
 
 
@@ -168,7 +166,6 @@ class CapabilityRow:
     distance_counts: dict[str, int]
     per_sample_loop_passed: int
     ce_equals_sequential_mean: int
-    seconds: float
 
 
 def _rows(runs: list[dict[str, Any]], measured: dict[str, Measurement]) -> list[CapabilityRow]:
@@ -187,7 +184,7 @@ def _rows(runs: list[dict[str, Any]], measured: dict[str, Measurement]) -> list[
             r["requested"], r["capability"], int(a.size), int(passed.sum()), int((d == 0).sum()),
             bool(np.array_equal(passed, d == 0)), float(nz.min()) if nz.size else None,
             float(ulp_of(med, "float32")), hist, int((np.abs(c - b) < TOL).sum()),
-            int((c.view(np.uint32) == a.view(np.uint32)).sum()), float(r["seconds"])))
+            int((c.view(np.uint32) == a.view(np.uint32)).sum())))
     return rows
 
 
