@@ -171,6 +171,8 @@ def _run_one(cfg: Any, out: Path, force: bool, resume: bool, progress: Any, comm
              executor: Any, configs: List[Path]) -> Any:
     from precision_lab.experiment.runner import run_experiment
 
+    again = (f"precision-lab run --resume {' '.join(map(str, configs))}"
+             + (f" --out {out}" if str(out) != "results" else ""))
     try:
         return run_experiment(cfg, out, force=force, resume=resume, progress=progress,
                               finalize=_report, command=command, executor=executor)
@@ -178,16 +180,15 @@ def _run_one(cfg: Any, out: Path, force: bool, resume: bool, progress: Any, comm
         _fail(str(exc))
     except KeyboardInterrupt:
         _fail(f"interrupted; finished chunks are kept in {out / cfg.name / 'partial'}. "
-              f"Finish with: precision-lab run --resume {' '.join(map(str, configs))}"
-              + (f" --out {out}" if str(out) != "results" else ""), 130)
+              f"Finish with: {again}", 130)
     except ComputeError as exc:
-        _fail(f"{exc}\nfinished chunks are kept in {out / cfg.name / 'partial'}; fix the "
-              "cause and rerun with --resume", 1)
+        _fail(f"{exc}; finished chunks are kept in {out / cfg.name / 'partial'}: fix the "
+              f"cause, then {again}", 1)
     except Exception as exc:  # noqa: BLE001 - one line, finished chunks kept, exit 1
         if os.environ.get("PRECISION_LAB_TRACEBACK"):
             raise
-        _fail(f"{cfg.name}: {type(exc).__name__}: {exc}\nfinished chunks are kept in "
-              f"{out / cfg.name / 'partial'}; rerun with --resume", 1)
+        _fail(f"{cfg.name}: {type(exc).__name__}: {exc}; finished chunks are kept in "
+              f"{out / cfg.name / 'partial'}: {again}", 1)
 
 
 def _mib(rss: dict[str, float]) -> str:

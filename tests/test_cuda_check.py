@@ -76,3 +76,12 @@ def test_inputs_are_deterministic(tmp_path) -> None:
     cuda.make_inputs(tmp_path / "b.npz")
     a, b = np.load(tmp_path / "a.npz"), np.load(tmp_path / "b.npz")
     assert a.files == b.files and all(np.array_equal(a[k], b[k]) for k in a.files)
+
+
+def test_compute_refuses_an_unknown_device(tmp_path) -> None:
+    inputs = tmp_path / "in.npz"
+    cuda.make_inputs(inputs)
+    r = CliRunner().invoke(app, ["study", "cuda", "compute", str(inputs), str(tmp_path / "o.npz"),
+                                 "--device", "tpu"])
+    assert r.exit_code == 2 and "--device" in r.output and "cpu, cuda, cuda:N" in r.output
+    assert r.output.count("\n") == 1

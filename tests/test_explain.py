@@ -93,3 +93,13 @@ def test_bad_input_exits_2_with_one_clear_message(args, needle) -> None:
 def test_api_raises_input_error() -> None:
     with pytest.raises(ExplainInputError, match="--target"):
         explain([1.0, 2.0], 2, "float32")
+
+
+def test_a_file_without_logits_is_named(tmp_path):
+    from precision_lab.explain.explain import load_row
+
+    for shape in ((0, 10), (0,), (3, 0)):
+        p = tmp_path / f"empty_{len(shape)}_{shape[0]}.npy"
+        np.save(p, np.zeros(shape, np.float32))
+        with pytest.raises(ExplainInputError, match="holds no logits"):
+            load_row(p, None)

@@ -223,6 +223,8 @@ def load_row(path: Path, row: Optional[int]) -> list[Any]:
     if not is_float and arr.dtype.kind not in "iu":
         raise ExplainInputError("--file", str(path), f"holds {arr.dtype}; logits must be "
                                 "floating-point or integer numbers")
+    if arr.size == 0:
+        raise ExplainInputError("--file", str(path), f"holds no logits (shape {arr.shape})")
     if arr.ndim == 2:
         n = arr.shape[0]
         if row is None:

@@ -93,10 +93,15 @@ def compute(inputs: "str | Path", out: "str | Path", device: str = "cuda") -> No
     per-sample losses (float64 images of the format values) and the torch/device facts.
 
     Raises:
-        RunError: ``device`` is a CUDA device and torch here has no CUDA.
+        RunError: ``device`` is not "cpu", "cuda" or "cuda:N", or a CUDA device and torch here
+            has no CUDA.
     """
+    import re
+
     import torch
 
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        raise RunError(f"--device: unknown device {device!r}; allowed: cpu, cuda, cuda:N")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise RunError(f"device {device!r}: torch {torch.__version__} here has no CUDA device; "
                        "run `compute` on the GPU machine and `analyze` here")
