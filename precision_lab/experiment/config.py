@@ -59,6 +59,7 @@ import hashlib
 import itertools
 import json
 import math
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -384,8 +385,6 @@ def compare_formats(cfg: ExperimentConfig) -> list[str]:
 
 def _check_device(device: str, path: Path) -> None:
     """``cpu``, ``cuda`` or ``cuda:N`` (an index this machine has)."""
-    import re
-
     if device == "cpu":
         return
     if not re.fullmatch(r"cuda(:\d+)?", device):
@@ -603,8 +602,10 @@ def _check(cfg: ExperimentConfig, path: Path) -> None:
             try:
                 get_implementation(key)
             except Exception as exc:  # noqa: BLE001 - any failure to resolve is a config error
-                why = (f" ({str(exc).split('; allowed')[0]})" if ":" in str(key) or "(" in str(key)
-                       else "")
+                why = re.split(r"\s*allowed:", str(exc))[0].rstrip("; ")
+                if ":" in str(key):  # an import path: what failed matters, not the registry
+                    raise ConfigError(path, "implementations", why) from None
+                why = f" ({why})" if "(" in str(key) else ""
                 raise ConfigError(path, "implementations",
                                   f"unknown implementation {key!r}{why}", allowed_impls) from None
     impls = implementation_keys(cfg)
