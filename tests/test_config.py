@@ -151,3 +151,17 @@ def test_device_key(write_config):
     if not torch.cuda.is_available():
         err = _err(write_config, BASE.replace("classes = 4", 'classes = 4\ndevice = "cuda"'))
         assert err.key == "device" and "sees no CUDA device" in str(err)
+
+
+def test_an_unimportable_implementation_path_says_why_once(write_config):
+    e = _err(write_config, """
+        name = "x"
+        question = "q"
+        classes = 5
+        implementations = ["nopkg_xyz.mod:fn"]
+        [inputs]
+        generator = "normal"
+        """)
+    msg = str(e)
+    assert "cannot import module 'nopkg_xyz.mod'" in msg and "PYTHONPATH?" in msg
+    assert "allowed" not in msg and "\n" not in msg
