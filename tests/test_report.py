@@ -295,3 +295,19 @@ def test_bounds_and_attribution_use_the_plain_loss_points_only(write_config, tmp
                           tmp_path / "out", finalize=_report).path
     an2 = json.loads((run2 / "analyses.json").read_text())
     assert "bounds" not in an2 and "attribution" not in an2
+
+
+def test_a_tiny_run_explains_its_own_implementations_only(write_config, tmp_path: Path):
+    run = _run(write_config, tmp_path, """
+        name = "one"
+        question = "One row."
+        formats = ["float32"]
+        implementations = ["lse", "torch"]
+        [inputs]
+        generator = "fixed"
+        logits = [[0.0, 0.0, 0.0, 1.0]]
+        targets = [3]
+        """)
+    an = json.loads((run / "analyses.json").read_text())
+    (row,) = an["explained"]["rows"]
+    assert set(row["implementations"]) == {"lse", "torch"}

@@ -29,7 +29,8 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from precision_lab.experiment.measure import measure
-from precision_lab.implementations import REGISTRY, from_torch
+from precision_lab.implementations import from_torch, get_implementation
+from precision_lab.implementations.registry import default_keys
 from precision_lab.numerics.conditioning import bhh_loss_bound, condition_number, derived_loss_bound
 from precision_lab.numerics.formats import FORMAT_NAMES, Format, get_format, round_to
 from precision_lab.numerics.metrics import NO_DISTANCE
@@ -255,11 +256,13 @@ def _num(v: float) -> "float | None":
 
 
 def explain(logits: Any, target: int, fmt: "str | Format" = "float32", *,
-            attribution: bool = True) -> Explanation:
+            attribution: bool = True, implementations: "Sequence[str] | None" = None
+            ) -> Explanation:
     """Everything known about one row of logits and one target in format ``fmt``.
 
     ``logits``: numbers or decimal strings (rounded once, correctly, from their exact values),
-    or an array of any float dtype (taken as its values).
+    or an array of any float dtype (taken as its values).  ``implementations``: the keys to
+    evaluate (default: every registered one whose optional extra is installed).
 
     Raises:
         ExplainInputError: bad format, target or logits (the message names what is allowed).
@@ -287,7 +290,7 @@ def explain(logits: Any, target: int, fmt: "str | Format" = "float32", *,
                                 f"{len(vals)} logits)")
     x, changed = _round_inputs(vals, f)
     X, T = x[None, None, :], np.array([[t]])
-    impls = list(REGISTRY.values())
+    impls = [get_implementation(k) for k in (implementations or default_keys())]
     meas = measure(X, T, f, impls, keep_going=True)
     ref = meas.reference
     hi, lo, err = float(ref.hi[0]), float(ref.lo[0]), float(ref.err[0])
@@ -324,7 +327,7 @@ def explain(logits: Any, target: int, fmt: "str | Format" = "float32", *,
                 bounds[key] = v if math.isfinite(v) else None
     attrib: dict[str, Any] = {}
     if attribution:
-        attrib = _attribution(X2, T1, f)
+        attrib = _attribution(X2, T1, f, [i.key for i in impls])
     fused = None
     if finite_in and "torch" in meas.results:
         from precision_lab.explain.attribution import compare_fused
@@ -359,12 +362,13 @@ def _exact_string(hi: float, lo: float, err: float) -> str:
         return mpmath.nstr(mpmath.mpf(hi) + mpmath.mpf(lo), digits)
 
 
-def _attribution(X: np.ndarray, T: np.ndarray, f: Format) -> dict[str, Any]:
-    """Per-step attribution of every step-wise implementation on the row (as numbers; the
-    exact contributions as dyadic strings, see :func:`~.attribution.dyadic_str`)."""
+def _attribution(X: np.ndarray, T: np.ndarray, f: Format, keys: list[str]) -> dict[str, Any]:
+    """Per-step attribution of the step-wise implementations among ``keys`` on the row (as
+    numbers; the exact contributions as dyadic strings, see
+    :func:`~.attribution.dyadic_str`)."""
     from precision_lab.explain.attribution import attribute_many
 
-    keys = [k for k, impl in REGISTRY.items() if impl.capabilities.trace]
+    keys = [k for k in keys if get_implementation(k).capabilities.trace]
     try:
         rows = attribute_many(keys, X, T, f)
     except Exception as exc:  # noqa: BLE001 - reported per implementation below

@@ -126,7 +126,7 @@ def explained(ctx: Context) -> "ExplainedRows | None":
 
     d = ctx.data
     pts = np.unique(d.point).tolist()
-    if not ctx.has_inputs or ctx.reduction != "none" or len(pts) > 1:
+    if not ctx.has_inputs or ctx.reduction != "none" or len(pts) > 1 or not ctx.plain.all():
         return None
     out = []
     for fm in d.formats:
@@ -136,7 +136,7 @@ def explained(ctx: Context) -> "ExplainedRows | None":
         if x2.shape[0] > 4 or V > 64:
             return None
         for i in range(x2.shape[0]):
-            out.append(explain(x2[i], int(t2[i]), fm))
+            out.append(explain(x2[i], int(t2[i]), fm, implementations=d.implementations))
     return ExplainedRows(out)
 
 
