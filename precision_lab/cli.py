@@ -30,6 +30,7 @@ from precision_lab.experiment.errors import (  # noqa: E402
     DamagedResultsError,
     IncompleteResultsError,
     RunError,
+    out_option,
 )
 
 app = typer.Typer(
@@ -127,7 +128,7 @@ def run_command(
     from precision_lab.experiment.config import load_config
     from precision_lab.experiment.executor import ClusterError, open_executor
     from precision_lab.experiment.progress import Progress
-    from precision_lab.experiment.runner import preflight
+    from precision_lab.experiment.runner import preflight, replaces
     cfgs = []
     try:
         for path in configs:
@@ -143,9 +144,11 @@ def run_command(
     if dup:
         _fail(f"two configs share the name {dup[0]!r} and would write the same folder "
               f"{out / dup[0]}")
+    replacing = {}
     try:
         for cfg in cfgs:
-            preflight(cfg, out, force=force, resume=resume)
+            state, old = preflight(cfg, out, force=force, resume=resume)
+            replacing[cfg.name] = replaces(cfg, state, old, resume)
     except RunError as exc:
         _fail(str(exc))
     progress = Progress(quiet=quiet)
@@ -154,7 +157,8 @@ def run_command(
     try:
         with open_executor(workers, scheduler, timeout=connect_timeout) as executor:
             for cfg in cfgs:
-                res = _run_one(cfg, out, force, resume, progress, command, executor, configs)
+                res = _run_one(cfg, out, force, resume, progress, command, executor, configs,
+                               replacing[cfg.name])
                 for k in stages:
                     stages[k] += res.stage_seconds.get(k, 0.0)
                 if not quiet:
@@ -168,24 +172,32 @@ def run_command(
 
 
 def _run_one(cfg: Any, out: Path, force: bool, resume: bool, progress: Any, command: str,
-             executor: Any, configs: List[Path]) -> Any:
+             executor: Any, configs: List[Path], replacing: bool = False) -> Any:
     from precision_lab.experiment.runner import run_experiment
 
+    kept = (f"{out / cfg.name} is left as it was before this run (the new run's chunks are "
+            "discarded)")
     try:
         return run_experiment(cfg, out, force=force, resume=resume, progress=progress,
                               finalize=_report, command=command, executor=executor)
     except RunError as exc:
         _fail(str(exc))
     except KeyboardInterrupt:
+        if replacing:
+            _fail(f"interrupted; {kept}; rerun with --force to replace it", 130)
         _fail(f"interrupted; finished chunks are kept in {out / cfg.name / 'partial'}. "
               f"Finish with: precision-lab run --resume {' '.join(map(str, configs))}"
-              + (f" --out {out}" if str(out) != "results" else ""), 130)
+              + out_option(out / cfg.name), 130)
     except ComputeError as exc:
+        if replacing:
+            _fail(f"{exc}; {kept}; fix the cause and rerun with --force", 1)
         _fail(f"{exc}\nfinished chunks are kept in {out / cfg.name / 'partial'}; fix the "
               "cause and rerun with --resume", 1)
     except Exception as exc:  # noqa: BLE001 - one line, finished chunks kept, exit 1
         if os.environ.get("PRECISION_LAB_TRACEBACK"):
             raise
+        if replacing:
+            _fail(f"{cfg.name}: {type(exc).__name__}: {exc}; {kept}", 1)
         _fail(f"{cfg.name}: {type(exc).__name__}: {exc}\nfinished chunks are kept in "
               f"{out / cfg.name / 'partial'}; rerun with --resume", 1)
 
@@ -273,7 +285,7 @@ def _open_checked(results_dir: Path) -> Any:
             pass
         _fail(f"{results_dir} is an unfinished run ({exc.manifest.chunks_done} of "
               f"{len(exc.manifest.chunks)} chunks done); finish it with precision-lab run "
-              f"--resume {cfg_file or 'CONFIG'}")
+              f"--resume {cfg_file or 'CONFIG'}{out_option(results_dir)}")
     except DamagedResultsError as exc:
         _fail(str(exc))
     except RunError as exc:

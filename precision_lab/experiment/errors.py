@@ -10,7 +10,14 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["ConfigError", "RunError", "ResultsExistError", "LockedError", "NotResultsError",
-           "DamagedResultsError", "IncompleteResultsError", "ComputeError"]
+           "DamagedResultsError", "IncompleteResultsError", "ComputeError", "out_option"]
+
+
+def out_option(folder: "str | Path") -> str:
+    """" --out PARENT" for a command that must write ``folder`` again; "" when its parent is
+    the default ``results``."""
+    parent = Path(folder).parent
+    return "" if parent == Path("results") else f" --out {parent}"
 
 
 class ConfigError(Exception):
@@ -73,7 +80,8 @@ class IncompleteResultsError(RunError):
         self.manifest = manifest
         done, total = manifest.chunks_done, len(manifest.chunks)
         super().__init__(f"{folder} is an unfinished run ({done} of {total} chunks done); "
-                         f"finish it with precision-lab run --resume CONFIG")
+                         f"finish it with precision-lab run --resume CONFIG"
+                         f"{out_option(folder)}")
 
 
 class ComputeError(Exception):
