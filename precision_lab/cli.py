@@ -29,6 +29,7 @@ from precision_lab.experiment.errors import (  # noqa: E402
     ConfigError,
     DamagedResultsError,
     IncompleteResultsError,
+    LockedError,
     RunError,
     out_option,
 )
@@ -275,6 +276,14 @@ def _open_checked(results_dir: Path) -> Any:
     try:
         return open_results(results_dir)
     except IncompleteResultsError as exc:
+        from precision_lab.experiment.store import FolderLock
+
+        try:
+            FolderLock(results_dir.parent, results_dir.name).probe()
+        except LockedError as live:
+            _fail(f"{results_dir} is being written by a run in progress ({live.who}; "
+                  f"{exc.manifest.chunks_done} of {len(exc.manifest.chunks)} chunks done); "
+                  "wait for it to finish")
         cfg_file = ""
         try:
             from precision_lab.experiment.store import Results

@@ -330,9 +330,13 @@ def test_a_live_run_is_named_before_the_folder_state(tiny_config, tmp_path, monk
             line = one_error(r)
             assert "another run is writing it" in line and f"pid {os.getpid()}" in line
             assert "started" in line and str(tmp_path / "tiny") in line
+        line = one_error(invoke("show", tmp_path / "tiny"))
+        assert "being written by a run in progress" in line and f"pid {os.getpid()}" in line
     finally:
         held.release()
     assert read_status(tmp_path / "tiny") == "partial"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exp.toml", "tiny"]  # no lock left
+    assert "--resume" in one_error(invoke("show", tmp_path / "tiny"))  # nobody writes it now
 
 
 def read_status(folder: Path) -> str:

@@ -51,7 +51,8 @@ class ResultsExistError(RunError):
 class LockedError(RunError):
     """Another live run holds the folder's lock."""
 
-    def __init__(self, folder: Path, why: str) -> None:
+    def __init__(self, folder: Path, why: str, who: str = "another process") -> None:
+        self.who = who  # the holder: "pid N on HOST, started T"
         super().__init__(f"{folder}: {why}; wait for it to finish, or use --out DIR to write "
                          "elsewhere")
 

@@ -529,27 +529,23 @@ class FolderLock:
         such rather than as a partial folder)."""
         from filelock import FileLock, Timeout
 
-        existed = self.path.exists()
+        if not self.path.exists():
+            return  # a holder creates the file before it locks it; nothing is written here
         lock = FileLock(str(self.path), timeout=0)
         try:
             lock.acquire()
         except Timeout:
             raise self._locked() from None
         except OSError:
-            return  # no lock file can be made here; the writability check names the folder
+            return  # cannot be opened for locking (a read-only folder): no live writer here
         lock.release()
-        if not existed:
-            try:
-                self.path.unlink()
-            except OSError:
-                pass
 
     def _locked(self) -> LockedError:
         holder = self._holder()
         who = (f"pid {holder.get('pid')} on {holder.get('host')}, started "
                f"{holder.get('started_at')}" if holder else "another process")
         return LockedError(self.path.parent / self.path.name[1:-5],
-                           f"another run is writing it ({who})")
+                           f"another run is writing it ({who})", who)
 
     def _holder(self) -> "dict[str, Any] | None":
         try:
