@@ -441,3 +441,19 @@ def test_a_failed_write_leaves_no_temporary_file(tmp_path, monkeypatch):
         w.parquet("b.parquet", __import__("pyarrow").table({"a": [1, 2]}))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"]
     assert _snapshot(tmp_path) == before
+
+
+def test_a_search_folder_never_replaces_a_foreign_folder_or_a_file(tmp_path):
+    from precision_lab.experiment.errors import RunError
+    from precision_lab.search.chunks import ChunkFolder
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "mydata.txt").write_text("important\n")
+    (tmp_path / "b").write_text("x\n")
+    for name in ("a", "b"):
+        folder = ChunkFolder(tmp_path, name, kind="search", spec={"k": 1}, question="q",
+                             force=True)
+        with pytest.raises(RunError, match=rf"{tmp_path / name} is a .*never replaced"):
+            folder.check()
+    assert (tmp_path / "a" / "mydata.txt").read_text() == "important\n"
+    assert (tmp_path / "b").read_text() == "x\n"
