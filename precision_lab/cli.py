@@ -29,7 +29,9 @@ from precision_lab.experiment.errors import (  # noqa: E402
     ConfigError,
     DamagedResultsError,
     IncompleteResultsError,
+    LockedError,
     RunError,
+    out_option,
 )
 
 app = typer.Typer(
@@ -127,7 +129,7 @@ def run_command(
     from precision_lab.experiment.config import load_config
     from precision_lab.experiment.executor import ClusterError, open_executor
     from precision_lab.experiment.progress import Progress
-    from precision_lab.experiment.runner import preflight
+    from precision_lab.experiment.runner import preflight, replaces
     cfgs = []
     try:
         for path in configs:
@@ -143,9 +145,11 @@ def run_command(
     if dup:
         _fail(f"two configs share the name {dup[0]!r} and would write the same folder "
               f"{out / dup[0]}")
+    replacing = {}
     try:
         for cfg in cfgs:
-            preflight(cfg, out, force=force, resume=resume)
+            state, old = preflight(cfg, out, force=force, resume=resume)
+            replacing[cfg.name] = replaces(cfg, state, old, resume)
     except RunError as exc:
         _fail(str(exc))
     progress = Progress(quiet=quiet)
@@ -154,7 +158,8 @@ def run_command(
     try:
         with open_executor(workers, scheduler, timeout=connect_timeout) as executor:
             for cfg in cfgs:
-                res = _run_one(cfg, out, force, resume, progress, command, executor, configs)
+                res = _run_one(cfg, out, force, resume, progress, command, executor, configs,
+                               replacing[cfg.name])
                 for k in stages:
                     stages[k] += res.stage_seconds.get(k, 0.0)
                 if not quiet:
@@ -168,25 +173,33 @@ def run_command(
 
 
 def _run_one(cfg: Any, out: Path, force: bool, resume: bool, progress: Any, command: str,
-             executor: Any, configs: List[Path]) -> Any:
+             executor: Any, configs: List[Path], replacing: bool = False) -> Any:
     from precision_lab.experiment.runner import run_experiment
 
     again = (f"precision-lab run --resume {' '.join(map(str, configs))}"
-             + (f" --out {out}" if str(out) != "results" else ""))
+             + out_option(out / cfg.name))
+    kept = (f"{out / cfg.name} is left as it was before this run (the new run's chunks are "
+            "discarded)")
     try:
         return run_experiment(cfg, out, force=force, resume=resume, progress=progress,
                               finalize=_report, command=command, executor=executor)
     except RunError as exc:
         _fail(str(exc))
     except KeyboardInterrupt:
+        if replacing:
+            _fail(f"interrupted; {kept}; rerun with --force to replace it", 130)
         _fail(f"interrupted; finished chunks are kept in {out / cfg.name / 'partial'}. "
               f"Finish with: {again}", 130)
     except ComputeError as exc:
+        if replacing:
+            _fail(f"{exc}; {kept}; fix the cause and rerun with --force", 1)
         _fail(f"{exc}; finished chunks are kept in {out / cfg.name / 'partial'}: fix the "
               f"cause, then {again}", 1)
     except Exception as exc:  # noqa: BLE001 - one line, finished chunks kept, exit 1
         if os.environ.get("PRECISION_LAB_TRACEBACK"):
             raise
+        if replacing:
+            _fail(f"{cfg.name}: {type(exc).__name__}: {exc}; {kept}", 1)
         _fail(f"{cfg.name}: {type(exc).__name__}: {exc}; finished chunks are kept in "
               f"{out / cfg.name / 'partial'}: {again}", 1)
 
@@ -264,6 +277,14 @@ def _open_checked(results_dir: Path) -> Any:
     try:
         return open_results(results_dir)
     except IncompleteResultsError as exc:
+        from precision_lab.experiment.store import FolderLock
+
+        try:
+            FolderLock(results_dir.parent, results_dir.name).probe()
+        except LockedError as live:
+            _fail(f"{results_dir} is being written by a run in progress ({live.who}; "
+                  f"{exc.manifest.chunks_done} of {len(exc.manifest.chunks)} chunks done); "
+                  "wait for it to finish")
         cfg_file = ""
         try:
             from precision_lab.experiment.store import Results
@@ -274,7 +295,7 @@ def _open_checked(results_dir: Path) -> Any:
             pass
         _fail(f"{results_dir} is an unfinished run ({exc.manifest.chunks_done} of "
               f"{len(exc.manifest.chunks)} chunks done); finish it with precision-lab run "
-              f"--resume {cfg_file or 'CONFIG'}")
+              f"--resume {cfg_file or 'CONFIG'}{out_option(results_dir)}")
     except DamagedResultsError as exc:
         _fail(str(exc))
     except RunError as exc:

@@ -10,7 +10,14 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["ConfigError", "RunError", "ResultsExistError", "LockedError", "NotResultsError",
-           "DamagedResultsError", "IncompleteResultsError", "ComputeError"]
+           "DamagedResultsError", "IncompleteResultsError", "ComputeError", "out_option"]
+
+
+def out_option(folder: "str | Path") -> str:
+    """" --out PARENT" for a command that must write ``folder`` again; "" when its parent is
+    the default ``results``."""
+    parent = Path(folder).parent
+    return "" if parent == Path("results") else f" --out {parent}"
 
 
 class ConfigError(Exception):
@@ -44,7 +51,8 @@ class ResultsExistError(RunError):
 class LockedError(RunError):
     """Another live run holds the folder's lock."""
 
-    def __init__(self, folder: Path, why: str) -> None:
+    def __init__(self, folder: Path, why: str, who: str = "another process") -> None:
+        self.who = who  # the holder: "pid N on HOST, started T"
         super().__init__(f"{folder}: {why}; wait for it to finish, or use --out DIR to write "
                          "elsewhere")
 
@@ -73,7 +81,8 @@ class IncompleteResultsError(RunError):
         self.manifest = manifest
         done, total = manifest.chunks_done, len(manifest.chunks)
         super().__init__(f"{folder} is an unfinished run ({done} of {total} chunks done); "
-                         f"finish it with precision-lab run --resume CONFIG")
+                         f"finish it with precision-lab run --resume CONFIG"
+                         f"{out_option(folder)}")
 
 
 class ComputeError(Exception):

@@ -19,9 +19,11 @@ then replaces the target in one rename.  An interrupted run leaves the target wi
 config changed).  Tables hold no wall-clock data, so the same config and seed give
 byte-identical tables; times live in ``run.json``.
 
-Before anything is computed the folder is checked (:func:`preflight`: exists? partial? writable?)
-and locked (:class:`~precision_lab.experiment.store.FolderLock`): a second run into the same
-folder is refused while the first one lives.
+Before anything is computed the folder is locked (:class:`~precision_lab.experiment.store.
+FolderLock`: a second run into the same folder is refused while the first one lives) and then
+checked (:func:`preflight`: exists? complete and intact? partial? a folder precision-lab did
+not write, which is never replaced? writable?).  A ``force`` run keeps the folder it replaces
+until the new one is published, and puts it back if it fails.
 """
 
 from __future__ import annotations
@@ -84,7 +86,7 @@ from precision_lab.implementations import get_implementation
 from precision_lab.implementations.zoo import resolve_linear
 from precision_lab.numerics.formats import get_format, to_format
 
-__all__ = ["RunResult", "Finalize", "run_experiment", "preflight", "compute_chunk",
+__all__ = ["RunResult", "Finalize", "run_experiment", "preflight", "replaces", "compute_chunk",
            "assemble_tables", "publish", "RunError", "ResultsExistError"]
 
 #: ``finalize(folder)`` writes more files (the report) into the temporary folder of a run
@@ -115,39 +117,110 @@ def preflight(cfg: ExperimentConfig, out_root: "str | Path", *, force: bool = Fa
               resume: bool = False) -> tuple[str, "Manifest | None"]:
     """Check that ``out_root/<name>`` may be written; return its state and manifest.
 
-    Raises :class:`ResultsExistError` / :class:`RunError` with the reason and the option that
-    would allow it (an existing complete folder needs ``force``; a partial one ``resume`` or
-    ``force``; a folder that is not a results folder ``force``; an unwritable ``out_root``
-    another ``--out``).  Writes nothing but a probe file, removed at once."""
+    Raises :class:`LockedError` when a live run holds the folder (checked first, so a run in
+    progress is named as such), and :class:`ResultsExistError` / :class:`RunError` with the
+    reason and the option that would allow it: a complete folder needs ``force`` (a damaged
+    one is named as damaged); a partial one ``resume`` (refused for another config or a
+    damaged chunk) or ``force``; ``resume`` needs a partial folder.  A file, or a folder that
+    precision-lab did not write, is never replaced, whatever the options; an unwritable
+    ``out_root`` needs another ``--out``.  Writes nothing but a probe file, removed at once.
+    :func:`run_experiment` checks the state again once it holds the lock."""
     out_root = Path(out_root)
     _check_writable(out_root)
-    target = out_root / cfg.name
+    store.FolderLock(out_root, cfg.name).probe()
+    return _classify(cfg, out_root / cfg.name, force=force, resume=resume)
+
+
+def _resumes(cfg: ExperimentConfig, state: str, old: "Manifest | None", resume: bool) -> bool:
+    """Whether a run with these options continues the partial run in its folder."""
+    return bool(resume and state == "partial" and old is not None
+                and old.config_sha256 == config_hash(cfg))
+
+
+def replaces(cfg: ExperimentConfig, state: str, old: "Manifest | None", resume: bool) -> bool:
+    """Whether a run (allowed by :func:`preflight`) replaces an existing folder: that folder
+    is kept, untouched, until the new one is published, and restored if the run fails."""
+    return state != "absent" and not _resumes(cfg, state, old, resume)
+
+
+def _classify(cfg: ExperimentConfig, target: Path, *, force: bool, resume: bool
+              ) -> tuple[str, "Manifest | None"]:
     state, old = store.folder_state(target)
-    digest = config_hash(cfg)
-    if resume:
-        if state == "complete" and not force:
+    if state == "file":
+        raise RunError(f"{target} is a file, not a results folder; it is never replaced (not "
+                       "even with --force): move it away, or use --out DIR to write elsewhere")
+    if state == "foreign":
+        raise RunError(f"{target} exists and is not a precision-lab results folder (no "
+                       "precision-lab manifest.json); it is never replaced (not even with "
+                       "--force): move it away, or use --out DIR to write elsewhere")
+    if resume and not force:
+        if state == "absent":
+            raise ResultsExistError(f"{target} does not exist; nothing to resume (run without "
+                                    "--resume to compute it, or give the --out DIR the "
+                                    "interrupted run wrote to)")
+        if state == "complete" and old is not None:
+            _refuse_damaged(target, old)
             raise ResultsExistError(f"{target} is already complete; nothing to resume (use "
                                     "--force to recompute it, or --out DIR to write elsewhere)")
-        if state in ("foreign", "damaged") and not force:
-            raise ResultsExistError(f"{target} exists but is not a readable precision-lab "
-                                    "results folder; nothing to resume (use --force to replace "
-                                    "it)")
-        if state == "partial" and old is not None and old.config_sha256 != digest and not force:
+        if state == "damaged":
+            raise ResultsExistError(f"{target} is a precision-lab results folder whose "
+                                    "manifest.json cannot be read; nothing to resume (use "
+                                    "--force to replace it)")
+        if state == "partial" and old is not None and old.config_sha256 != config_hash(cfg):
             raise RunError(f"refusing to resume {target}: it was started from a different "
                            f"config (stored hash {old.config_sha256[:12]}..., this config "
-                           f"{digest[:12]}...); use --force to start over")
+                           f"{config_hash(cfg)[:12]}...); use --force to start over")
     elif state != "absent" and not force:
-        if state == "complete":
+        if state == "complete" and old is not None:
+            _refuse_damaged(target, old)
             raise ResultsExistError(f"{target} already exists and is complete; use --force to "
                                     "overwrite it, or --out DIR to write elsewhere")
         if state == "partial" and old is not None:
             raise ResultsExistError(f"{target} holds a partial run ({old.chunks_done} of "
                                     f"{len(old.chunks)} chunks done); use --resume to finish "
                                     "it (or --force to start over)")
-        raise ResultsExistError(f"{target} exists and is not a readable precision-lab results "
-                                "folder; use --force to replace it, or --out DIR to write "
-                                "elsewhere")
+        raise ResultsExistError(f"{target} is a precision-lab results folder whose "
+                                "manifest.json cannot be read; use --force to replace it, or "
+                                "--out DIR to write elsewhere")
+    if _resumes(cfg, state, old, resume) and old is not None:
+        _check_chunks(target, old)
     return state, old
+
+
+def _refuse_damaged(target: Path, old: Manifest) -> None:
+    """A "complete" folder whose listed files are missing or damaged is named as damaged."""
+    problems = store.verify(target, old)
+    if problems:
+        rel, why = problems[0]
+        more = f" ({len(problems)} files in all)" if len(problems) > 1 else ""
+        raise ResultsExistError(f"{target / rel} {why}{more}, so {target} is damaged, not "
+                                "complete; use --force to recompute it, or --out DIR to write "
+                                "elsewhere")
+
+
+#: The files of a finished chunk in ``partial/`` (its samples table last: it marks it done).
+CHUNK_SUFFIXES = (".rows.parquet", ".json", ".parquet")
+
+
+def _damaged_chunk(target: Path, key: str, rel: str, why: str) -> RunError:
+    return RunError(f"{target / rel} {why}, so chunk {key} cannot be resumed; use --force to "
+                    f"start over (or delete {target / 'partial' / key}.* to recompute only "
+                    "that chunk with --resume)")
+
+
+def _check_chunks(target: Path, old: Manifest) -> None:
+    """Check the finished chunks a resume would use against the sha256 the partial manifest
+    records (a partial folder from before hashes were recorded is checked when read)."""
+    partial = target / "partial"
+    for key in old.chunks:
+        if not _chunk_done(partial, key):
+            continue
+        for suffix in CHUNK_SUFFIXES:
+            rel = f"partial/{key}{suffix}"
+            sha = old.files.get(rel)
+            if sha is not None and store.sha256_of(target / rel) != sha:
+                raise _damaged_chunk(target, key, rel, "does not match the sha256 the partial "
+                                     "manifest records (damaged or edited)")
 
 
 def _check_writable(out_root: Path) -> None:
@@ -258,9 +331,10 @@ def chunk_job(data: dict[str, Any], source: str, point_index: int, fmt: str
 
 
 def _save_chunk(partial: Path, t: ChunkTables, x: np.ndarray, y: np.ndarray,
-                extra: "dict[str, np.ndarray] | None" = None) -> None:
+                extra: "dict[str, np.ndarray] | None" = None) -> dict[str, str]:
     """Write a finished chunk; its inputs: the logits, unless the chunk has hidden states
-    (then the logits are derived, and the hidden states and weight are stored instead)."""
+    (then the logits are derived, and the hidden states and weight are stored instead).
+    Returns the sha256 of its table files by path relative to the results folder."""
     w = store.Writer(partial)
     extra = extra or {}
     store.save_inputs(partial / store.INPUTS_DIR, t.key, None if ".hidden" in extra else x, y,
@@ -272,18 +346,28 @@ def _save_chunk(partial: Path, t: ChunkTables, x: np.ndarray, y: np.ndarray,
                              "grad_facts": [r.to_row() for r in t.grad_facts],
                              "slow_rows": t.slow_rows, "logit_rows": t.logit_rows})
     w.parquet(f"{t.key}.parquet", t.samples)  # last: its presence marks the chunk done
+    return {f"{partial.name}/{rel}": sha for rel, sha in w.files.items()}
 
 
 def _load_chunk(partial: Path, key: str, axes: list[str]) -> ChunkTables:
-    meta = json.loads((partial / f"{key}.json").read_text())
-    return ChunkTables(key, pq.read_table(partial / f"{key}.parquet"),
-                       pq.read_table(partial / f"{key}.rows.parquet"),
-                       [SummaryRow.from_row(r, axes) for r in meta["summary"]],
-                       [AgreementRow.from_row(r, axes) for r in meta["agreement"]],
-                       [CompareResult.from_row(r, axes) for r in meta["compare"]],
-                       int(meta["slow_rows"]),
-                       [GradFacts.from_row(r, axes) for r in meta.get("grad_facts", [])],
-                       int(meta["logit_rows"]))
+    """A finished chunk read back (:func:`_damaged_chunk` names a file that cannot be read)."""
+    rel = f"{partial.name}/{key}.json"
+    try:
+        meta = json.loads((partial / f"{key}.json").read_text())
+        rel = f"{partial.name}/{key}.parquet"
+        samples = pq.read_table(partial / f"{key}.parquet")
+        rel = f"{partial.name}/{key}.rows.parquet"
+        rows = pq.read_table(partial / f"{key}.rows.parquet")
+        return ChunkTables(key, samples, rows,
+                           [SummaryRow.from_row(r, axes) for r in meta["summary"]],
+                           [AgreementRow.from_row(r, axes) for r in meta["agreement"]],
+                           [CompareResult.from_row(r, axes) for r in meta["compare"]],
+                           int(meta["slow_rows"]),
+                           [GradFacts.from_row(r, axes) for r in meta.get("grad_facts", [])],
+                           int(meta["logit_rows"]))
+    except Exception as exc:  # noqa: BLE001 - any parse failure is a damaged chunk
+        raise _damaged_chunk(partial.parent, key, rel,
+                             f"cannot be read ({type(exc).__name__})") from None
 
 
 def _chunk_done(partial: Path, key: str) -> bool:
@@ -398,33 +482,53 @@ def run_experiment(cfg: ExperimentConfig, out_root: "str | Path" = "results", *,
     """Run ``cfg`` into ``out_root/<name>/``.
 
     Raises:
-        ResultsExistError, RunError, LockedError: the folder may not be written (nothing is).
+        ResultsExistError, RunError, LockedError: the folder may not be written (nothing is),
+            or a chunk to resume is damaged (named).
         ComputeError: an implementation or the reference failed while computing; finished
             chunks stay in ``<target>/partial/`` with the manifest status "partial".
         KeyboardInterrupt: likewise, the finished chunks are kept.
+
+    A run that replaces a folder (``force``; :func:`replaces`) moves it aside to
+    ``out_root/.<name>.replaced-<pid>`` and removes it only once the new folder is published;
+    if the run fails or is interrupted the new chunks are discarded and the old folder is put
+    back as it was.
     """
     t_start = time.perf_counter()
     reset_peak_rss()  # run.json's peak memory is this experiment's, not the command's
     out_root = Path(out_root)
     target = out_root / cfg.name
-    state, old = preflight(cfg, out_root, force=force, resume=resume)
+    _check_writable(out_root)
     lock = store.FolderLock(out_root, cfg.name).acquire()
     try:
-        return _run_locked(cfg, out_root, target, state, old, resume, progress, finalize,
-                           command, t_start, lock.stale, executor)
+        # the state is read under the lock: another run may have written the folder since
+        state, old = _classify(cfg, target, force=force, resume=resume)
+        resume = _resumes(cfg, state, old, resume)
+        if not replaces(cfg, state, old, resume):
+            return _run_locked(cfg, out_root, target, old, resume, progress, finalize,
+                               command, t_start, lock.stale, executor)
+        # the folder being replaced waits beside the target until the new one is published
+        aside = out_root / f".{cfg.name}.replaced-{os.getpid()}"
+        if aside.exists():
+            shutil.rmtree(aside)
+        os.replace(target, aside)
+        try:
+            res = _run_locked(cfg, out_root, target, old, False, progress, finalize,
+                              command, t_start, lock.stale, executor)
+        except BaseException:
+            shutil.rmtree(target, ignore_errors=True)
+            os.replace(aside, target)
+            raise
+        shutil.rmtree(aside, ignore_errors=True)
+        return res
     finally:
         lock.release()
 
 
-def _run_locked(cfg: ExperimentConfig, out_root: Path, target: Path, state: str,
+def _run_locked(cfg: ExperimentConfig, out_root: Path, target: Path,
                 old: "Manifest | None", resume: bool, progress: Progress,
                 finalize: "Finalize | None", command: "str | None", t_start: float,
                 stale: "dict[str, Any] | None", executor: "Executor | None") -> RunResult:
     digest = config_hash(cfg)
-    resume = bool(resume and state == "partial" and old is not None
-                  and old.config_sha256 == digest)
-    if state != "absent" and not resume:
-        shutil.rmtree(target)  # only reachable with force (preflight refused otherwise)
     fmts = format_names(cfg)
     points = sweep_points(cfg)
     axes = sweep_axes(cfg)
@@ -445,7 +549,8 @@ def _run_locked(cfg: ExperimentConfig, out_root: Path, target: Path, state: str,
         config=resolved_config(cfg), config_sha256=digest, sweep_axes=axes,
         points=[{"point": p.index, "params": p.params} for p in points],
         chunks=[k for _, _, k in keys], environment=environment(cfg.device),
-        counts={})
+        counts={}, files={k: v for k, v in (old.files if resume and old else {}).items()
+                          if k.startswith(f"{partial.name}/")})
 
     def save_manifest(m: Manifest) -> None:
         w = store.Writer(target)
@@ -456,11 +561,12 @@ def _run_locked(cfg: ExperimentConfig, out_root: Path, target: Path, state: str,
     done: dict[str, ChunkTables] = {}
     computed = resumed = 0
 
-    def finished(key: str, t: ChunkTables) -> None:
+    def finished(key: str, t: ChunkTables, files: "dict[str, str] | None" = None) -> None:
         nonlocal manifest
         done[key] = t
         manifest = replace(manifest, chunks_done=len(done),
-                           slow_rows={k: c.slow_rows for k, c in done.items()})
+                           slow_rows={k: c.slow_rows for k, c in done.items()},
+                           files={**manifest.files, **(files or {})})
         save_manifest(manifest)
 
     cached: "tuple[int, Batch] | None" = None
@@ -486,10 +592,10 @@ def _run_locked(cfg: ExperimentConfig, out_root: Path, target: Path, state: str,
                     except Exception as exc:
                         raise ComputeError(f"{cfg.name}: chunk {key}: {type(exc).__name__}: "
                                            f"{exc}") from exc
-                    _save_chunk(partial, t, x, y, wt)
+                    files = _save_chunk(partial, t, x, y, wt)
                     run_info.chunk_seconds[key] = round(time.perf_counter() - tc, 4)
                     computed += 1
-                    finished(key, t)
+                    finished(key, t, files)
                     advance(1)
             else:
                 data, source = raw_data(cfg), str(source_of(cfg))
@@ -503,10 +609,10 @@ def _run_locked(cfg: ExperimentConfig, out_root: Path, target: Path, state: str,
                         except Exception as exc:
                             raise ComputeError(f"{cfg.name}: chunk {key}: "
                                                f"{type(exc).__name__}: {exc}") from exc
-                        _save_chunk(partial, t, x, y, wt)
+                        files = _save_chunk(partial, t, x, y, wt)
                         run_info.chunk_seconds[key] = round(secs, 4)
                         computed += 1
-                        finished(key, t)
+                        finished(key, t, files)
                         advance(1)
                 finally:
                     for fut in futures:

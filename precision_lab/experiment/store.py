@@ -57,8 +57,8 @@ from precision_lab.experiment.records import (
 from precision_lab.numerics.formats import get_format
 
 __all__ = ["to_jsonable", "dumps", "number", "sha256_of", "Writer", "Results", "open_results",
-           "read_manifest", "folder_state", "verify", "FolderLock", "now_iso", "INPUTS_DIR",
-           "save_inputs", "load_inputs", "load_array_bits"]
+           "read_manifest", "folder_state", "is_results_folder", "verify", "FolderLock",
+           "now_iso", "INPUTS_DIR", "save_inputs", "load_inputs", "load_array_bits"]
 
 MANIFEST = "manifest.json"
 RUN_INFO = "run.json"
@@ -127,8 +127,16 @@ def now_iso() -> str:
 def _atomic_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except BaseException:
+        # a full disk or an interrupt: leave no half-written temporary file behind
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise
 
 
 def _csv_text(rows: list[dict[str, Any]]) -> str:
@@ -277,18 +285,50 @@ def read_manifest(folder: Path) -> Manifest:
         raise DamagedResultsError(path, f"has unexpected content ({exc})") from None
 
 
-def folder_state(folder: Path) -> tuple[str, "Manifest | None"]:
-    """("absent" | "complete" | "partial" | "foreign" | "damaged", manifest or None)."""
+def is_results_folder(folder: Path) -> bool:
+    """Whether ``folder`` was written by precision-lab, damaged or not: its manifest.json is
+    a precision-lab manifest (any schema version), or cannot be parsed but holds a
+    precision-lab manifest's keys (a truncated one), or it has a ``partial/`` folder with
+    finished chunks.  Only such a folder may be replaced (``--force``); anything else may hold
+    someone's data."""
     folder = Path(folder)
-    if not folder.exists():
+    path = folder / MANIFEST
+    if path.is_file():
+        try:
+            text = path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            text = ""
+        try:
+            data = json.loads(text)
+        except ValueError:
+            if any(f'"{k}"' in text for k in ("question", "config_sha256", "schema_version")):
+                return True
+        else:
+            if isinstance(data, dict) and "name" in data and "question" in data:
+                return True
+    partial = folder / "partial"
+    return partial.is_dir() and (
+        (partial / MANIFEST).is_file()
+        or any(partial.glob("p[0-9][0-9][0-9][0-9][0-9]_*.parquet")))
+
+
+def folder_state(folder: Path) -> tuple[str, "Manifest | None"]:
+    """The state of a results folder, and its manifest where it can be read.
+
+    "absent" (nothing there), "file" (a file, not a folder), "foreign" (a folder precision-lab
+    did not write: :func:`is_results_folder`), "damaged" (a precision-lab folder whose
+    manifest cannot be read, or of another schema version), "complete" or "partial" (files
+    not verified: :func:`verify`)."""
+    folder = Path(folder)
+    if not folder.exists() and not folder.is_symlink():
         return "absent", None
+    if not folder.is_dir():
+        return "file", None
     try:
         m = read_manifest(folder)
-    except NotResultsError:
-        return "foreign", None
-    except DamagedResultsError:
-        return "damaged", None
-    return (m.status if m.status in ("complete", "partial") else "foreign"), m
+    except (NotResultsError, DamagedResultsError):
+        return ("damaged" if is_results_folder(folder) else "foreign"), None
+    return (m.status if m.status in ("complete", "partial") else "damaged"), m
 
 
 def verify(folder: Path, manifest: Manifest, *, inputs: bool = False) -> list[tuple[str, str]]:
@@ -473,11 +513,7 @@ class FolderLock:
         try:
             lock.acquire()
         except Timeout:
-            holder = self._holder()
-            who = (f"pid {holder.get('pid')} on {holder.get('host')}, started "
-                   f"{holder.get('started_at')}" if holder else "another process")
-            raise LockedError(self.path.parent / self.path.name[1:-5],
-                              f"another run is writing it ({who})") from None
+            raise self._locked() from None
         holder = self._holder()
         if holder and holder.get("pid") != os.getpid():
             self.stale = holder
@@ -486,6 +522,30 @@ class FolderLock:
                                              "started_at": now_iso(),
                                              "time": time.time()}).encode())
         return self
+
+    def probe(self) -> None:
+        """Raise :class:`LockedError` naming the holder if a live run holds the lock; take
+        nothing (a folder's state is read only after this, so a run in progress is named as
+        such rather than as a partial folder)."""
+        from filelock import FileLock, Timeout
+
+        if not self.path.exists():
+            return  # a holder creates the file before it locks it; nothing is written here
+        lock = FileLock(str(self.path), timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise self._locked() from None
+        except OSError:
+            return  # cannot be opened for locking (a read-only folder): no live writer here
+        lock.release()
+
+    def _locked(self) -> LockedError:
+        holder = self._holder()
+        who = (f"pid {holder.get('pid')} on {holder.get('host')}, started "
+               f"{holder.get('started_at')}" if holder else "another process")
+        return LockedError(self.path.parent / self.path.name[1:-5],
+                           f"another run is writing it ({who})", who)
 
     def _holder(self) -> "dict[str, Any] | None":
         try:

@@ -86,6 +86,10 @@ class ChunkFolder:
             raise RunError(f"cannot write into {self.out_root} ({exc.strerror or exc}); "
                            "choose another folder with --out DIR") from None
         state, old = store.folder_state(self.root)
+        if state in ("file", "foreign"):
+            what = "a file" if state == "file" else "a folder precision-lab did not write"
+            raise RunError(f"{self.root} is {what}; it is never replaced (not even with "
+                           "--force): move it away, or use --out DIR to write elsewhere")
         if state == "absent" or self.force:
             return "new"
         if state in ("foreign", "damaged"):
