@@ -152,6 +152,8 @@ def run_command(
             replacing[cfg.name] = replaces(cfg, state, old, resume)
     except RunError as exc:
         _fail(str(exc))
+    import precision_lab.report.report  # noqa: F401 - loaded (matplotlib) before the stages are timed
+
     progress = Progress(quiet=quiet)
     stages = {"compute": 0.0, "report": 0.0}
     command = " ".join(["precision-lab", *sys.argv[1:]])

@@ -21,7 +21,7 @@ BOUNDS_SAMPLE_ROWS = 200
 #: Worst rows attributed per implementation and format.
 ATTRIBUTION_ROWS = 3
 #: Rows per format on which torch's fused kernel is set beside the composites.
-FUSED_SAMPLE_ROWS = 128
+FUSED_SAMPLE_ROWS = 64
 
 # --------------------------------------------------------------------------- bounds
 
