@@ -25,8 +25,8 @@ from typing import Any
 
 from precision_lab.experiment.executor import default_workers, open_executor
 from precision_lab.experiment.store import dumps
-from precision_lab.implementations import REGISTRY
 from precision_lab.search.exhaustive import SliceSpec, axis_values, run_slice
+from precision_lab.search.table import SLICE_IMPLEMENTATIONS as SWEPT
 from precision_lab.search.worst import SearchSpec, run_search
 
 
@@ -62,12 +62,12 @@ def main(argv: "list[str] | None" = None) -> int:
     rows_goal = 10 ** 6 if args.quick else 10 ** 7
     f16 = axis_values("all", "float16")
     first = f16[: -(-rows_goal // f16.size)]
-    sweep = SliceSpec("bench_sweep", "float16", tuple(REGISTRY),
+    sweep = SliceSpec("bench_sweep", "float16", SWEPT,
                       ({"values": [float(v) for v in first]}, "all"), 0, block=16)
     spec = SearchSpec("torch", "float16", 10).resolved()
     print(f"search: {rounds} rounds x {spec.evaluations_per_round:,} evaluations of torch "
           f"float16 V=10; sweep: {sweep.resolved().rows:,} two-class float16 problems x "
-          f"{len(REGISTRY)} implementations; {default_workers()} cores here")
+          f"{len(SWEPT)} implementations; {default_workers()} cores here")
     results: list[tuple[str, float, float, float, Any, Any]] = []
     for label, n, sched in _configs(args.scheduler):
         with tempfile.TemporaryDirectory() as tmp, open_executor(n, sched) as ex:
@@ -83,7 +83,7 @@ def main(argv: "list[str] | None" = None) -> int:
             xr = run_slice(sweep, Path(tmp) / "x", executor=ex, workers=n)
             t_sweep = time.perf_counter() - t0
         evals = sr.evaluations / t_search
-        sweep_rate = xr.rows_done * len(REGISTRY) / t_sweep
+        sweep_rate = xr.rows_done * len(SWEPT) / t_sweep
         results.append((label, evals, sweep_rate, t_sweep, dumps(sr.to_json()["cases"]),
                         dumps(xr.per_impl)))
         print(f"{label:28s} search {evals:12,.0f} evaluations/s   sweep {sweep_rate:12,.0f} "
@@ -96,7 +96,7 @@ def main(argv: "list[str] | None" = None) -> int:
               f"{sw / base[2]:.2f}x; results identical: {same}")
     best = max(results, key=lambda r: r[2])
     per_row = best[3] / sweep.resolved().rows
-    print(f"a sweep of 10**7 two-class problems x {len(REGISTRY)} implementations takes "
+    print(f"a sweep of 10**7 two-class problems x {len(SWEPT)} implementations takes "
           f"{per_row * 1e7:.0f} s here ({best[0]}); the full float16 pair slice "
           f"({axis_values('all', 'float16').size ** 2:,} problems) about "
           f"{per_row * axis_values('all', 'float16').size ** 2 / 3600:.1f} h")
