@@ -126,7 +126,7 @@ def preflight(cfg: ExperimentConfig, out_root: "str | Path", *, force: bool = Fa
     ``out_root`` needs another ``--out``.  Writes nothing but a probe file, removed at once.
     :func:`run_experiment` checks the state again once it holds the lock."""
     out_root = Path(out_root)
-    _check_writable(out_root)
+    _check_writable(out_root, keep=False)
     store.FolderLock(out_root, cfg.name).probe()
     return _classify(cfg, out_root / cfg.name, force=force, resume=resume)
 
@@ -223,12 +223,17 @@ def _check_chunks(target: Path, old: Manifest) -> None:
                                      "manifest records (damaged or edited)")
 
 
-def _check_writable(out_root: Path) -> None:
+def _check_writable(out_root: Path, keep: bool = True) -> None:
+    """Create ``out_root`` if needed and write a probe file into it; ``keep=False`` removes a
+    folder created here again (a check that is followed by a refusal leaves nothing)."""
+    created = not out_root.exists()
     try:
         out_root.mkdir(parents=True, exist_ok=True)
         probe = out_root / f".write-probe-{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()
+        if created and not keep:
+            out_root.rmdir()
     except OSError as exc:
         raise RunError(f"cannot write into {out_root} ({exc.strerror or exc}); choose another "
                        "folder with --out DIR") from None
