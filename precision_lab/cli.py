@@ -627,18 +627,40 @@ app.command("table")(table_command)
 app.command("tolerance")(tolerance_command)
 
 
+def _kinds(exc: BaseException) -> set[str]:
+    """Class names in the exception's hierarchy (click's, or the copy typer bundles)."""
+    return {c.__name__ for c in type(exc).__mro__}
+
+
 def main() -> None:  # pragma: no cover - console entry
-    """Console entry: the app, with any unexpected error as one line and exit code 1."""
+    """Console entry: the app, with a usage error or any unexpected error as one line (exit
+    codes 2 and 1)."""
+    command = typer.main.get_command(app)
     try:
-        app(prog_name="precision-lab")
+        code = command.main(args=sys.argv[1:], prog_name="precision-lab", standalone_mode=False)
     except SystemExit:
         raise
     except KeyboardInterrupt:
         _err("interrupted")
         sys.exit(130)
     except Exception as exc:  # noqa: BLE001 - no traceback reaches a user
+        kinds = _kinds(exc)
+        ctx = getattr(exc, "ctx", None)
+        if "NoArgsIsHelpError" in kinds:  # a bare command group: its help
+            typer.echo(ctx.get_help() if ctx is not None else "")
+            sys.exit(2)
+        if "UsageError" in kinds:
+            where = ctx.command_path if ctx is not None else "precision-lab"
+            _err(f"{exc.format_message()} (see {where} --help)")  # type: ignore[attr-defined]
+            sys.exit(2)
+        if "Abort" in kinds:
+            _err("interrupted")
+            sys.exit(130)
+        if os.environ.get("PRECISION_LAB_TRACEBACK"):
+            raise
         _err(f"{type(exc).__name__}: {exc}")
         sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":  # pragma: no cover

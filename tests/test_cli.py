@@ -168,3 +168,19 @@ def test_diff_says_what_changed(tiny_config, tmp_path):
     d = json.loads(invoke("diff", "--json", tmp_path / "a" / "tiny", b).output)
     assert d["environment_changes"] == {"torch": [m.environment["torch"], "9.9.9"]}
     assert d["reference_mismatches"] == 0 and len(d["implementations"]) == 6
+
+
+@pytest.mark.parametrize("args", [["run", "--bogus", "x.toml"],
+                                  ["run", "--workers", "-1", "x.toml"],
+                                  ["study", "cuda", "compute"]])
+def test_usage_errors_are_one_line_from_the_console_entry(args):
+    """The installed command (precision_lab.cli:main) turns click's usage errors into one
+    `error:` line naming the command's --help, exit code 2."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "precision_lab", *args], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    lines = [ln for ln in (r.stdout + r.stderr).splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "--help" in lines[0], lines
