@@ -174,6 +174,14 @@ def run_command(
                    f"total {_seconds(total)}")
 
 
+def _finished(folder: Path) -> str:
+    """What an unfinished run left: "3 finished chunk(s) are kept in <folder>/partial"."""
+    n = len(list((folder / "partial").glob("p*.json")))
+    if not n:
+        return f"no chunk had finished (nothing kept in {folder / 'partial'})"
+    return f"{n} finished chunk(s) are kept in {folder / 'partial'}"
+
+
 def _run_one(cfg: Any, out: Path, force: bool, resume: bool, progress: Any, command: str,
              executor: Any, configs: List[Path], replacing: bool = False) -> Any:
     from precision_lab.experiment.runner import run_experiment
@@ -190,20 +198,18 @@ def _run_one(cfg: Any, out: Path, force: bool, resume: bool, progress: Any, comm
     except KeyboardInterrupt:
         if replacing:
             _fail(f"interrupted; {kept}; rerun with --force to replace it", 130)
-        _fail(f"interrupted; finished chunks are kept in {out / cfg.name / 'partial'}. "
-              f"Finish with: {again}", 130)
+        _fail(f"interrupted; {_finished(out / cfg.name)}. Finish with: {again}", 130)
     except ComputeError as exc:
         if replacing:
             _fail(f"{exc}; {kept}; fix the cause and rerun with --force", 1)
-        _fail(f"{exc}; finished chunks are kept in {out / cfg.name / 'partial'}: fix the "
-              f"cause, then {again}", 1)
+        _fail(f"{exc}; {_finished(out / cfg.name)}: fix the cause, then {again}", 1)
     except Exception as exc:  # noqa: BLE001 - one line, finished chunks kept, exit 1
         if os.environ.get("PRECISION_LAB_TRACEBACK"):
             raise
         if replacing:
             _fail(f"{cfg.name}: {type(exc).__name__}: {exc}; {kept}", 1)
-        _fail(f"{cfg.name}: {type(exc).__name__}: {exc}; finished chunks are kept in "
-              f"{out / cfg.name / 'partial'}: {again}", 1)
+        _fail(f"{cfg.name}: {type(exc).__name__}: {exc}; {_finished(out / cfg.name)}: "
+              f"{again}", 1)
 
 
 def _mib(rss: dict[str, float]) -> str:

@@ -457,3 +457,19 @@ def test_a_search_folder_never_replaces_a_foreign_folder_or_a_file(tmp_path):
             folder.check()
     assert (tmp_path / "a" / "mydata.txt").read_text() == "important\n"
     assert (tmp_path / "b").read_text() == "x\n"
+
+
+@pytest.mark.parametrize("done", [0, 2])
+def test_an_interrupted_run_says_how_many_chunks_it_kept(tiny_config, tmp_path, monkeypatch,
+                                                         done):
+    out = tmp_path / "o"
+    _fail_after(monkeypatch, done, KeyboardInterrupt())
+    r = runner.invoke(app, ["run", "--quiet", "--out", str(out), str(tiny_config)])
+    assert r.exit_code == 130
+    line = one_error(r)
+    assert len(list((out / "tiny" / "partial").glob("p*.json"))) == done
+    if done:
+        assert f"{done} finished chunk(s) are kept in {out / 'tiny' / 'partial'}" in line
+    else:
+        assert "no chunk had finished" in line
+    assert f"--resume {tiny_config} --out {out}" in line
