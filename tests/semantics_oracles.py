@@ -71,3 +71,19 @@ def denominator(t, V, *, w=None, prob=False, ignore_index=-100):
     if w is None:
         return mpmath.mpf(len(keep))
     return mpmath.fsum(_mp(w[v]) for v in keep)
+
+
+def random_case(seed: int, fmt: str, B: int, V: int, spread: float, kw: dict):
+    """Random logits of ``fmt`` (rows scaled by 1 or ``spread``) as float64, targets (class
+    indices, or probability rows when ``kw`` holds ``prob``) and the keywords (``weight="w"``
+    becomes random class weights).  Returns (x, t, kw) with ``prob`` removed from kw."""
+    from precision_lab.numerics.formats import round_float64_array
+
+    rng = np.random.default_rng(seed)
+    kw = dict(kw)
+    x = round_float64_array(rng.standard_normal((B, V)) * rng.choice([1.0, spread], (B, 1)), fmt)
+    x = x.astype(np.float64)
+    t = rng.dirichlet(np.ones(V), B) if kw.pop("prob", False) else rng.integers(0, V, B)
+    if kw.get("weight") == "w":
+        kw["weight"] = rng.uniform(0.2, 2.0, V)
+    return x, t, kw

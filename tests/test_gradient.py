@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from semantics_oracles import coefficients, denominator, grad_row
+from semantics_oracles import coefficients, denominator, grad_row, random_case
 
 from precision_lab.numerics import gradient as G
 from precision_lab.numerics import semantics as S
@@ -79,17 +79,8 @@ CASES = [
 @pytest.mark.parametrize("fmt", FORMAT_NAMES)
 @pytest.mark.parametrize("kw", CASES)
 def test_correctly_rounded_against_oracle(fmt, kw):
-    rng = np.random.default_rng(23)
-    kw = dict(kw)
     B, V = 8, 5
-    x = round_float64_array(rng.standard_normal((B, V)) * rng.choice([1.0, 9.0], (B, 1)), fmt)
-    x = x.astype(np.float64)
-    if kw.pop("prob", False):
-        t = rng.dirichlet(np.ones(V), B)
-    else:
-        t = rng.integers(0, V, B)
-    if kw.get("weight") == "w":
-        kw["weight"] = rng.uniform(0.2, 2.0, V)
+    x, t, kw = random_case(23, fmt, B, V, 9.0, kw)
     res = G.cross_entropy_grad_detailed(x, t, fmt, **kw)
     want = oracle_grad(x, t, fmt, **kw)
     assert same_bits(res.values, want), np.argwhere(res.values != want)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from semantics_oracles import denominator, loss_row
+from semantics_oracles import denominator, loss_row, random_case
 
 from precision_lab.numerics import semantics as S
 from precision_lab.numerics.formats import FORMAT_NAMES, round_float64_array, round_to
@@ -156,17 +156,8 @@ def _oracle_values(x, t, fmt, *, weight=None, ignore_index=-100, label_smoothing
     {"prob": True, "reduction": "mean", "softcap": 2.0},
 ])
 def test_correctly_rounded_against_oracle(fmt, kw):
-    rng = np.random.default_rng(11)
-    kw = dict(kw)
     B, V = 12, 5
-    x = round_float64_array(rng.standard_normal((B, V)) * rng.choice([1.0, 6.0], (B, 1)), fmt)
-    x = x.astype(np.float64)
-    if kw.pop("prob", False):
-        t = rng.dirichlet(np.ones(V), B)
-    else:
-        t = rng.integers(0, V, B)
-    if kw.get("weight") == "w":
-        kw["weight"] = rng.uniform(0.2, 2.0, V)
+    x, t, kw = random_case(11, fmt, B, V, 6.0, kw)
     res = S.cross_entropy_detailed(x, t, fmt, **kw)
     truth = _oracle_values(x, t, fmt, **kw)
     vals = np.atleast_1d(res.values)

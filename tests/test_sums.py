@@ -74,3 +74,24 @@ def test_float32_accumulation_rounds_once_for_bfloat16():
     assert seq == 512.0 and wide == float(round_to(Fraction(1000) * (1 + Fraction(1, 128)),
                                                    "bfloat16"))
     assert not math.isnan(wide)
+
+
+def test_error_free_transformations_are_exact():
+    """s + e equals a + b (a * b) exactly, checked in rational arithmetic."""
+    from fractions import Fraction
+
+    from precision_lab.numerics.eft import fast_two_sum, two_prod, two_sum
+
+    rng = np.random.default_rng(5)
+    a = rng.standard_normal(2000) * 2.0 ** rng.integers(-300, 300, 2000)
+    b = rng.standard_normal(2000) * 2.0 ** rng.integers(-300, 300, 2000)
+    for f, op in ((two_sum, lambda x, y: x + y), (two_prod, lambda x, y: x * y)):
+        s, e = f(a, b)
+        assert np.array_equal(s, op(a, b))
+        assert all(Fraction(float(si)) + Fraction(float(ei))
+                   == op(Fraction(float(ai)), Fraction(float(bi)))
+                   for si, ei, ai, bi in zip(s, e, a, b))
+    big, small = np.where(np.abs(a) >= np.abs(b), a, b), np.where(np.abs(a) >= np.abs(b), b, a)
+    s, e = fast_two_sum(big, small)
+    assert all(Fraction(float(si)) + Fraction(float(ei)) == Fraction(float(x)) + Fraction(float(y))
+               for si, ei, x, y in zip(s, e, big, small))

@@ -106,6 +106,14 @@ def _as_list(v: Any) -> list:
     return list(v) if isinstance(v, list) else [v]
 
 
+def _require(path: Path, key: str, values: Any, ok: Any, rule: str) -> None:
+    """ConfigError for the first of ``values`` (a number or a sweep list) that fails ``ok``:
+    "inputs.<key>: must be <rule>, got <value>"."""
+    for v in _as_list(values):
+        if not ok(v):
+            raise ConfigError(path, f"inputs.{key}", f"must be {rule}, got {v}")
+
+
 def check_finite(logits: np.ndarray, where: str, key: str) -> None:
     """Raise :class:`ConfigError` naming the first NaN or infinite logit (row, column)."""
     bad = ~np.isfinite(np.asarray(logits, dtype=np.float64))
@@ -191,9 +199,7 @@ class NormalInputs(Generator):
 
     def check(self, path: Path, nonfinite: str) -> None:
         super().check(path, nonfinite)
-        for v in _as_list(self.scale):
-            if v < 0:
-                raise ConfigError(path, "inputs.scale", f"must be >= 0, got {v}")
+        _require(path, "scale", self.scale, lambda v: v >= 0, ">= 0")
 
     def generate(self, params: dict[str, Any], base: Path) -> InputBatch:
         shape = self._shape(params)
@@ -210,9 +216,7 @@ class ConfidentInputs(Generator):
 
     def check(self, path: Path, nonfinite: str) -> None:
         super().check(path, nonfinite)
-        for v in _as_list(self.scale):
-            if v < 0:
-                raise ConfigError(path, "inputs.scale", f"must be >= 0, got {v}")
+        _require(path, "scale", self.scale, lambda v: v >= 0, ">= 0")
 
     def generate(self, params: dict[str, Any], base: Path) -> InputBatch:
         S, B, C = shape = self._shape(params)
@@ -242,9 +246,7 @@ class LargeInputs(Generator):
         except ValueError:
             raise ConfigError(path, "inputs.format", f"unknown format {self.format!r}",
                               FORMAT_NAMES) from None
-        for v in _as_list(self.fraction):
-            if not 0 < v <= 1:
-                raise ConfigError(path, "inputs.fraction", f"must be in (0, 1], got {v}")
+        _require(path, "fraction", self.fraction, lambda v: 0 < v <= 1, "in (0, 1]")
 
     def resolved(self, base: Path) -> dict[str, Any]:
         return {"format": get_format(self.format).name}
@@ -421,12 +423,8 @@ class LinearInputs(Generator):
 
     def check(self, path: Path, nonfinite: str) -> None:
         super().check(path, nonfinite)
-        for k in _as_list(self.hidden):
-            if k < 1:
-                raise ConfigError(path, "inputs.hidden", f"must be >= 1, got {k}")
-        for v in _as_list(self.scale):
-            if not v > 0:
-                raise ConfigError(path, "inputs.scale", f"must be > 0, got {v}")
+        _require(path, "hidden", self.hidden, lambda k: k >= 1, ">= 1")
+        _require(path, "scale", self.scale, lambda v: v > 0, "> 0")
 
     def generate(self, params: dict[str, Any], base: Path) -> LinearBatch:
         S, B, C = self._shape(params)

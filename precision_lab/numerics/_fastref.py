@@ -24,6 +24,9 @@ from dataclasses import dataclass
 import mpmath
 import numpy as np
 
+from precision_lab.numerics.eft import fast_two_sum as _fast_two_sum
+from precision_lab.numerics.eft import two_prod as _two_prod
+from precision_lab.numerics.eft import two_sum as _two_sum
 from precision_lab.numerics.formats import Format, round_float64_array
 
 U = 2.0 ** -53
@@ -107,32 +110,7 @@ def _rows_f64(x: np.ndarray, t: np.ndarray, f: Format):
 
 
 # ---------------------------------------------------------------------------------------
-# float64 target: double-double arithmetic
-
-def _two_sum(a, b):
-    s = a + b
-    bb = s - a
-    return s, (a - (s - bb)) + (b - bb)
-
-
-def _fast_two_sum(a, b):  # needs |a| >= |b| (or a = 0)
-    s = a + b
-    return s, b - (s - a)
-
-
-_SPLIT = 134217729.0  # 2**27 + 1 (Dekker); inputs here are far below 2**996
-
-
-def _two_prod(a, b):
-    p = a * b
-    c = _SPLIT * a
-    ah = c - (c - a)
-    al = a - ah
-    c = _SPLIT * b
-    bh = c - (c - b)
-    bl = b - bh
-    return p, ((ah * bh - p) + ah * bl + al * bh) + al * bl
-
+# float64 target: double-double arithmetic (error-free transformations from numerics.eft)
 
 _N = 1024  # table size of 2**(j/N)
 
@@ -230,11 +208,10 @@ def _dd_expm1_nonneg(y):
     return _fast_two_sum(s, se + (bl + sc * al))
 
 
-def _tree_sum(h: np.ndarray, l: np.ndarray):  # noqa: E741 -- hi/lo parts, as in the papers
-    """Sum of nonnegative double-doubles along axis 1: (Sh, Sl, levels).
-
-    Pairwise TwoSum tree on the high parts (exact, the rounding errors kept) and plain
-    float64 sums of those errors and the low parts."""
+def _tree_parts(h: np.ndarray, l: np.ndarray):  # noqa: E741 -- hi/lo parts, as in the papers
+    """The pairwise TwoSum tree over the high parts of double-doubles along axis 1: (top,
+    acc, levels, P) with top + acc the sum (top exact-tree result, acc the float64 sum of the
+    tree's rounding errors and of the low parts; P the padded power-of-two width)."""
     B, V = h.shape
     P = 1 << max(V - 1, 0).bit_length()
     if P != V:
@@ -242,13 +219,18 @@ def _tree_sum(h: np.ndarray, l: np.ndarray):  # noqa: E741 -- hi/lo parts, as in
     acc = l.sum(axis=1)
     levels = 0
     while h.shape[1] > 1:
-        a, c = h[:, 0::2], h[:, 1::2]
-        s = a + c
-        bb = s - a
-        acc = acc + ((a - (s - bb)) + (c - bb)).sum(axis=1)
+        s, e = _two_sum(h[:, 0::2], h[:, 1::2])
+        acc = acc + e.sum(axis=1)
         h = s
         levels += 1
-    Sh, Sl = _fast_two_sum(h[:, 0], acc)
+    return h[:, 0], acc, levels, P
+
+
+def _tree_sum(h: np.ndarray, l: np.ndarray):  # noqa: E741 -- hi/lo parts, as in the papers
+    """Sum of nonnegative double-doubles along axis 1: (Sh, Sl, levels, P) (see
+    :func:`_tree_parts`)."""
+    top, acc, levels, P = _tree_parts(h, l)
+    Sh, Sl = _fast_two_sum(top, acc)
     return Sh, Sl, levels, P
 
 

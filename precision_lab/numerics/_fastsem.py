@@ -44,9 +44,10 @@ from precision_lab.numerics._fastref import (
     _dd_exp,
     _dd_expm1_nonneg,
     _exp_parts,
-    _two_prod,
-    _two_sum,
+    _tree_parts,
 )
+from precision_lab.numerics.eft import two_prod as _two_prod
+from precision_lab.numerics.eft import two_sum as _two_sum
 from precision_lab.numerics.formats import Format, round_float64_array
 
 U = 2.0 ** -53
@@ -320,20 +321,8 @@ def _dd_sum(h: np.ndarray, low: np.ndarray):
 
     A pairwise TwoSum tree on the high parts (exact; the rounding errors are kept) and a
     float64 sum of those errors and the low parts."""
-    B, V = h.shape
-    P = 1 << max(V - 1, 0).bit_length()
-    if P != V:
-        h = np.concatenate([h, np.zeros((B, P - V))], axis=1)
-    acc = low.sum(axis=1)
-    levels = 0
-    while h.shape[1] > 1:
-        a, c = h[:, 0::2], h[:, 1::2]
-        s = a + c
-        bb = s - a
-        acc = acc + ((a - (s - bb)) + (c - bb)).sum(axis=1)
-        h = s
-        levels += 1
-    Sh, Sl = _two_sum(h[:, 0], acc)
+    top, acc, levels, P = _tree_parts(h, low)
+    Sh, Sl = _two_sum(top, acc)
     return Sh, Sl, 1.02 * (2 * P + levels + 2) * (levels + 2)
 
 

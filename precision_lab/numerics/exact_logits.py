@@ -44,6 +44,7 @@ import numpy as np
 from mpmath import libmp
 
 from precision_lab.numerics import _fastref
+from precision_lab.numerics.eft import two_sum as _two_sum
 from precision_lab.numerics.formats import Format, get_format, round_float64_array
 from precision_lab.numerics.reference import (
     ReferenceResult,
@@ -137,12 +138,6 @@ class PairLogits:
     def row(self, i: int) -> list:
         return [libmp.mpf_add(libmp.from_float(a), libmp.from_float(b), 0)
                 for a, b in zip(self.hi[i].tolist(), self.lo[i].tolist())]
-
-
-def _two_sum(a, b):
-    s = a + b
-    bb = s - a
-    return s, (a - (s - bb)) + (b - bb)
 
 
 _INPUT_FORMATS = ("float16", "bfloat16", "float32")

@@ -15,6 +15,9 @@ from typing import Any, Optional, Union
 import mpmath
 import numpy as np
 
+from precision_lab.numerics.eft import fast_two_sum as _fast_two_sum
+from precision_lab.numerics.eft import two_sum as _two_sum
+
 #: Relative error bound of one term of the fixed-point exponential kernel.
 EPS_EXP_TERM = 2.0 ** -140
 
@@ -175,29 +178,7 @@ def _group_sum(M: np.ndarray, k: np.ndarray, rows: np.ndarray, B: int) -> list[t
 
 # =========================================================================== float helpers
 
-def _two_sum(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    s = a + b
-    bb = s - a
-    return s, (a - (s - bb)) + (b - bb)
-
-
-def _fast_two_sum(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    s = a + b
-    return s, b - (s - a)
-
-
-_SPLIT = 134217729.0  # 2**27 + 1
-
-
-def _two_prod(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    p = a * b
-    c = _SPLIT * a
-    ah = c - (c - a)
-    al = a - ah
-    c = _SPLIT * b
-    bh = c - (c - b)
-    bl = b - bh
-    return p, ((ah * bh - p) + ah * bl + al * bh) + al * bl
+# TwoSum, FastTwoSum and TwoProduct: precision_lab.numerics.eft (imported above).
 
 
 def _f64(a: Any) -> np.ndarray:

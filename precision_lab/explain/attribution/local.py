@@ -19,13 +19,13 @@ from precision_lab.explain.attribution.exact import (
     _ExpSum,
     _ExpTable,
     _f64,
-    _fast_two_sum,
     _fx_to_dd,
-    _two_prod,
-    _two_sum,
 )
 from precision_lab.explain.attribution.replay import _Ctx, _exact_step, _inner_ball, _lse_ball
 from precision_lab.implementations import Step
+from precision_lab.numerics.eft import fast_two_sum as _fast_two_sum
+from precision_lab.numerics.eft import two_prod as _two_prod
+from precision_lab.numerics.eft import two_sum as _two_sum
 from precision_lab.numerics.formats import Format, get_format, round_to
 
 _FALLBACK_PREC = 600  # mpmath precision for elements too close to a rounding boundary
