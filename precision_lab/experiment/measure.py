@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -265,12 +265,21 @@ def measure(x: np.ndarray, t: np.ndarray, fmt: "str | Format", impls: list[Imple
                          f"got {x.shape} and {t.shape}")
     grad = quantity == "grad"
     ref = (reference_grad if grad else reference_values)(x, t, f, reduction, keywords)
+    run = evaluate_grad if grad else evaluate
+    return _measure_each(impls, lambda impl: run(impl, x, t, f, reduction, device, keywords,
+                                                 presentation), ref, f, keep_going)
+
+
+def _measure_each(impls: Sequence[Any], compute: Callable[[Any], np.ndarray],
+                  ref: ReferenceValues, f: Format, keep_going: bool) -> Measurement:
+    """Every implementation's values (``compute(impl)``; an Implementation or a
+    LinearImplementation, both with ``key``) against ``ref``; with
+    ``keep_going`` an implementation that raises is recorded in ``errors``, not raised."""
     results: dict[str, Metrics] = {}
     errors: dict[str, str] = {}
     for impl in impls:
         try:
-            out = (evaluate_grad if grad else evaluate)(impl, x, t, f, reduction, device,
-                                                        keywords, presentation)
+            out = compute(impl)
         except Exception as exc:  # noqa: BLE001 - recorded only when asked to keep going
             if not keep_going:
                 raise
@@ -314,19 +323,11 @@ def measure_linear(hidden: np.ndarray, weight: np.ndarray, t: np.ndarray, fmt: "
         del exact
     ref = ReferenceValues(np.concatenate(vals), np.concatenate(his), np.concatenate(los),
                           np.concatenate(errs), slow)
-    results: dict[str, Metrics] = {}
-    errors: dict[str, str] = {}
-    for impl in impls:
+    def compute(impl: Any) -> np.ndarray:
         dev = device if device.split(":")[0] in impl.capabilities.devices else "cpu"
-        try:
-            out = np.concatenate([impl(h[s], weight, t[s], f, device=dev) for s in range(S)])
-        except Exception as exc:  # noqa: BLE001 - recorded only when asked to keep going
-            if not keep_going:
-                raise
-            errors[impl.key] = f"{type(exc).__name__}: {exc}"
-            continue
-        results[impl.key] = metrics_of(out, ref, f)
-    return Measurement(ref, results, errors), logits
+        return np.concatenate([impl(h[s], weight, t[s], f, device=dev) for s in range(S)])
+
+    return _measure_each(impls, compute, ref, f, keep_going), logits
 
 
 def row_facts(x: np.ndarray, t: np.ndarray) -> dict[str, np.ndarray]:
